@@ -1,0 +1,618 @@
+//! Configuration: a TOML file parsed strictly into raw structs, then validated into [`Config`].
+//!
+//! Parsing and validation are separate steps so that every rule lives in one place and every
+//! error can point at the file, line and column it is about.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+use toml::Spanned;
+
+use crate::probe::State;
+
+/// The config used when no `--config.file` is given: localhost on the common server ports.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default_config.toml");
+
+/// Label names the exporter sets itself; a target's `labels` may not reuse them.
+const RESERVED_LABELS: [&str; 6] = ["target", "host", "port", "ip", "state", "reason"];
+
+/// Upper bound for `retries`: more attempts only delay the verdict on a silent port.
+const MAX_RETRIES: u32 = 10;
+
+/// The values a target gets for every field it leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub expect: Expect,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(2),
+            retries: 1,
+            expect: Expect::Any,
+        }
+    }
+}
+
+/// What the operator says a target's ports must look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    Open,
+    Closed,
+    Filtered,
+    NotOpen,
+    Any,
+}
+
+impl Expect {
+    /// Whether `state` breaks this expectation; `None` when there is nothing to break (`any`).
+    ///
+    /// An `error` state says nothing about the port, so it never breaks an expectation: probe
+    /// errors have their own series and alert.
+    pub fn is_broken_by(self, state: State) -> Option<bool> {
+        let allowed = match self {
+            Expect::Any => return None,
+            Expect::Open => state == State::Open,
+            Expect::Closed => state == State::Closed,
+            Expect::Filtered => state == State::Filtered,
+            Expect::NotOpen => state != State::Open,
+        };
+        Some(state != State::Error && !allowed)
+    }
+}
+
+/// A validated configuration: what the scheduler probes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub targets: Vec<Target>,
+}
+
+/// One host and the ports to probe on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Unique name, the `target` label.
+    pub name: String,
+    /// DNS name or IP literal (IPv6 without brackets), the `host` label.
+    pub host: String,
+    /// Sorted, without duplicates.
+    pub ports: Vec<u16>,
+    pub expect: Expect,
+    /// Extra labels for every series of this target, sorted by name.
+    pub labels: Vec<(String, String)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}:{column}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Config::parse(EMBEDDED_DEFAULT, "<embedded default>")
+            .expect("the embedded default config is valid (checked by a unit test)")
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors (usually the file path).
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let locate = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+            ConfigError::Invalid {
+                origin: origin.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| locate(e.span(), e.message().trim().to_string()))?;
+        raw.validate()
+            .map_err(|Invalid { span, message }| locate(Some(span), message))
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// A validation failure with the span of the value it is about.
+struct Invalid {
+    span: Range<usize>,
+    message: String,
+}
+
+fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid {
+        span,
+        message: message.into(),
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    targets: Vec<Spanned<RawTarget>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<u32>>,
+    expect: Option<Expect>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: Option<Spanned<String>>,
+    host: Spanned<String>,
+    ports: Spanned<Vec<Spanned<RawPorts>>>,
+    expect: Option<Expect>,
+    labels: Option<Spanned<BTreeMap<String, String>>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<u32>>,
+}
+
+/// One entry of `ports`: a number or an inclusive `"lo-hi"` range, not yet range-checked.
+enum RawPorts {
+    Single(i64),
+    Range(String),
+}
+
+impl<'de> Deserialize<'de> for RawPorts {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct PortsVisitor;
+        impl Visitor<'_> for PortsVisitor {
+            type Value = RawPorts;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a port number or a \"lo-hi\" range string")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<RawPorts, E> {
+                Ok(RawPorts::Single(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<RawPorts, E> {
+                Ok(RawPorts::Single(i64::try_from(v).unwrap_or(i64::MAX)))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<RawPorts, E> {
+                Ok(RawPorts::Range(v.to_string()))
+            }
+        }
+        deserializer.deserialize_any(PortsVisitor)
+    }
+}
+
+impl RawConfig {
+    fn validate(self) -> Result<Config, Invalid> {
+        let builtin = Defaults::default();
+        let d = &self.defaults;
+        let defaults = Defaults {
+            interval: optional_duration(&d.interval, "interval")?.unwrap_or(builtin.interval),
+            timeout: optional_duration(&d.timeout, "timeout")?.unwrap_or(builtin.timeout),
+            retries: optional_retries(&d.retries)?.unwrap_or(builtin.retries),
+            expect: d.expect.unwrap_or(builtin.expect),
+        };
+        let mut names = HashSet::new();
+        let mut targets = Vec::with_capacity(self.targets.len());
+        for raw in self.targets {
+            let span = raw.span();
+            let raw = raw.into_inner();
+            // The name defaults to the host, so a duplicate is reported where the name came from.
+            let name_span = raw.name.as_ref().unwrap_or(&raw.host).span();
+            let target = raw.validate(&defaults, span)?;
+            if !names.insert(target.name.clone()) {
+                return invalid(
+                    name_span,
+                    format!(
+                        "duplicate target name {:?}: names must be unique",
+                        target.name
+                    ),
+                );
+            }
+            targets.push(target);
+        }
+        Ok(Config { targets })
+    }
+}
+
+impl RawTarget {
+    fn validate(self, defaults: &Defaults, span: Range<usize>) -> Result<Target, Invalid> {
+        let host = validate_host(&self.host)?;
+        let name = match &self.name {
+            Some(name) if name.get_ref().trim().is_empty() => {
+                return invalid(name.span(), "target name must not be empty");
+            }
+            Some(name) => name.get_ref().clone(),
+            None => host.clone(),
+        };
+        let ports = validate_ports(&self.ports)?;
+        let labels = match &self.labels {
+            Some(labels) => validate_labels(labels)?,
+            None => Vec::new(),
+        };
+        let interval = optional_duration(&self.interval, "interval")?.unwrap_or(defaults.interval);
+        let timeout = optional_duration(&self.timeout, "timeout")?.unwrap_or(defaults.timeout);
+        let retries = optional_retries(&self.retries)?.unwrap_or(defaults.retries);
+        // A round must fit in its interval, or probes of one port would overlap.
+        let worst_case = timeout * (retries + 1);
+        if worst_case > interval {
+            // Point at whichever of the three the target itself sets.
+            let span = [&self.timeout, &self.interval]
+                .into_iter()
+                .flatten()
+                .map(Spanned::span)
+                .chain(self.retries.as_ref().map(Spanned::span))
+                .next()
+                .unwrap_or(span);
+            return invalid(
+                span,
+                format!(
+                    "target {name:?}: timeout x (retries + 1) = {} must not exceed interval {}",
+                    format_duration(worst_case),
+                    format_duration(interval)
+                ),
+            );
+        }
+        Ok(Target {
+            name,
+            host,
+            ports,
+            expect: self.expect.unwrap_or(defaults.expect),
+            labels,
+            interval,
+            timeout,
+            retries,
+        })
+    }
+}
+
+fn validate_host(host: &Spanned<String>) -> Result<String, Invalid> {
+    let text = host.get_ref().as_str();
+    // An IPv6 literal may come with brackets, as in URLs; the label carries it without.
+    let text = text
+        .strip_prefix('[')
+        .and_then(|t| t.strip_suffix(']'))
+        .unwrap_or(text);
+    if text.is_empty() {
+        return invalid(host.span(), "host must not be empty");
+    }
+    if text.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(text.to_string());
+    }
+    let valid_name = text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        });
+    if !valid_name {
+        return invalid(
+            host.span(),
+            format!("invalid host {text:?}: expected a DNS name, an IPv4 or an IPv6 address"),
+        );
+    }
+    Ok(text.to_string())
+}
+
+fn validate_ports(ports: &Spanned<Vec<Spanned<RawPorts>>>) -> Result<Vec<u16>, Invalid> {
+    if ports.get_ref().is_empty() {
+        return invalid(ports.span(), "ports must list at least one port");
+    }
+    let mut seen = vec![false; 65536];
+    let mut out = Vec::new();
+    for entry in ports.get_ref() {
+        let (lo, hi) = parse_port_entry(entry)?;
+        for port in lo..=hi {
+            if std::mem::replace(&mut seen[usize::from(port)], true) {
+                return invalid(
+                    entry.span(),
+                    format!("port {port} is listed more than once"),
+                );
+            }
+            out.push(port);
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn parse_port_entry(entry: &Spanned<RawPorts>) -> Result<(u16, u16), Invalid> {
+    let port = |n: i64| -> Result<u16, Invalid> {
+        match u16::try_from(n) {
+            Ok(p) if p >= 1 => Ok(p),
+            _ => invalid(
+                entry.span(),
+                format!("port {n} out of range: expected 1 to 65535"),
+            ),
+        }
+    };
+    match entry.get_ref() {
+        RawPorts::Single(n) => port(*n).map(|p| (p, p)),
+        RawPorts::Range(text) => {
+            let bad = || {
+                invalid(
+                    entry.span(),
+                    format!("invalid port range {text:?}: expected \"lo-hi\", e.g. \"8000-8010\""),
+                )
+            };
+            let Some((lo, hi)) = text.split_once('-') else {
+                return bad();
+            };
+            let (Ok(lo), Ok(hi)) = (lo.trim().parse::<i64>(), hi.trim().parse::<i64>()) else {
+                return bad();
+            };
+            let (lo, hi) = (port(lo)?, port(hi)?);
+            if lo > hi {
+                return invalid(
+                    entry.span(),
+                    format!("invalid port range {text:?}: the first port must not exceed the last"),
+                );
+            }
+            Ok((lo, hi))
+        }
+    }
+}
+
+fn validate_labels(
+    labels: &Spanned<BTreeMap<String, String>>,
+) -> Result<Vec<(String, String)>, Invalid> {
+    for name in labels.get_ref().keys() {
+        let mut chars = name.chars();
+        let well_formed = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !well_formed || name.starts_with("__") {
+            return invalid(
+                labels.span(),
+                format!(
+                    "invalid label name {name:?}: expected [a-zA-Z_][a-zA-Z0-9_]* not starting with \"__\""
+                ),
+            );
+        }
+        if RESERVED_LABELS.contains(&name.as_str()) {
+            return invalid(
+                labels.span(),
+                format!("label name {name:?} is reserved: the exporter sets it"),
+            );
+        }
+    }
+    Ok(labels
+        .get_ref()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
+}
+
+fn optional_duration(
+    value: &Option<Spanned<String>>,
+    field: &str,
+) -> Result<Option<Duration>, Invalid> {
+    let Some(value) = value else { return Ok(None) };
+    match parse_duration(value.get_ref()) {
+        Some(d) if !d.is_zero() => Ok(Some(d)),
+        Some(_) => invalid(value.span(), format!("{field} must be greater than zero")),
+        None => invalid(
+            value.span(),
+            format!(
+                "invalid {field} {:?}: expected a duration such as \"500ms\", \"15s\", \"1m30s\"",
+                value.get_ref()
+            ),
+        ),
+    }
+}
+
+fn optional_retries(value: &Option<Spanned<u32>>) -> Result<Option<u32>, Invalid> {
+    match value {
+        Some(r) if *r.get_ref() > MAX_RETRIES => invalid(
+            r.span(),
+            format!(
+                "retries {} too high: expected 0 to {MAX_RETRIES}",
+                r.get_ref()
+            ),
+        ),
+        Some(r) => Ok(Some(*r.get_ref())),
+        None => Ok(None),
+    }
+}
+
+/// Parses a Prometheus-style duration: units d, h, m, s, ms in decreasing order, e.g. "1m30s".
+pub fn parse_duration(text: &str) -> Option<Duration> {
+    const UNITS: [(&str, u64); 5] = [
+        ("d", 86_400_000),
+        ("h", 3_600_000),
+        ("m", 60_000),
+        ("s", 1_000),
+        ("ms", 1),
+    ];
+    if text.is_empty() {
+        return None;
+    }
+    let mut rest = text;
+    let mut total_ms: u64 = 0;
+    let mut next_unit = 0;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        if digits == 0 {
+            return None;
+        }
+        let number: u64 = rest[..digits].parse().ok()?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = &rest[..unit_len];
+        rest = &rest[unit_len..];
+        let index = UNITS[next_unit..].iter().position(|(u, _)| *u == unit)? + next_unit;
+        total_ms = total_ms.checked_add(number.checked_mul(UNITS[index].1)?)?;
+        next_unit = index + 1;
+    }
+    Some(Duration::from_millis(total_ms))
+}
+
+/// Formats a duration the way it is written in the config.
+pub fn format_duration(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{ms}ms")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_probes_common_ports_on_localhost() {
+        let config = Config::embedded_default();
+        assert_eq!(config.targets.len(), 1);
+        assert_eq!(config.targets[0].host, "localhost");
+        assert_eq!(config.targets[0].ports, [21, 22, 25, 80, 443, 3306, 3389]);
+    }
+
+    #[test]
+    fn defaults_fill_missing_fields() {
+        let config = Config::parse("[[targets]]\nhost = \"h\"\nports = [1]\n", "t").unwrap();
+        let t = &config.targets[0];
+        let d = Defaults::default();
+        assert_eq!(t.name, "h");
+        assert_eq!(
+            (t.interval, t.timeout, t.retries, t.expect),
+            (d.interval, d.timeout, d.retries, d.expect)
+        );
+    }
+
+    #[test]
+    fn target_fields_override_defaults_and_ranges_expand() {
+        let text = r#"
+            [defaults]
+            interval = "1m"
+            expect = "closed"
+            [[targets]]
+            name = "web"
+            host = "[::1]"
+            ports = ["8000-8002", 443, 80]
+            expect = "not_open"
+            timeout = "500ms"
+            retries = 3
+            labels = { team = "web", env = "prod" }
+        "#;
+        let t = &Config::parse(text, "t").unwrap().targets[0];
+        assert_eq!(t.host, "::1");
+        assert_eq!(t.ports, [80, 443, 8000, 8001, 8002]);
+        assert_eq!(t.expect, Expect::NotOpen);
+        assert_eq!(t.interval, Duration::from_secs(60));
+        assert_eq!(t.timeout, Duration::from_millis(500));
+        assert_eq!(t.retries, 3);
+        assert_eq!(
+            t.labels,
+            [("env".into(), "prod".into()), ("team".into(), "web".into())]
+        );
+    }
+
+    #[test]
+    fn durations_parse_like_prometheus() {
+        let cases = [
+            ("15s", Some(15_000)),
+            ("1m30s", Some(90_000)),
+            ("500ms", Some(500)),
+            ("1h", Some(3_600_000)),
+            ("2d", Some(172_800_000)),
+            ("1s500ms", Some(1_500)),
+            ("", None),
+            ("15", None),
+            ("s", None),
+            ("1.5s", None),
+            ("30s1m", None),
+            ("1s1s", None),
+            ("-1s", None),
+            ("99999999999999999999s", None),
+        ];
+        for (text, ms) in cases {
+            assert_eq!(
+                parse_duration(text),
+                ms.map(Duration::from_millis),
+                "parse_duration({text:?})"
+            );
+        }
+    }
+
+    #[test]
+    fn expectations() {
+        use State::*;
+        let table = [
+            (Expect::Open, Open, Some(false)),
+            (Expect::Open, Closed, Some(true)),
+            (Expect::Open, Filtered, Some(true)),
+            (Expect::Closed, Filtered, Some(true)),
+            (Expect::Filtered, Filtered, Some(false)),
+            (Expect::NotOpen, Closed, Some(false)),
+            (Expect::NotOpen, Filtered, Some(false)),
+            (Expect::NotOpen, Open, Some(true)),
+            (Expect::Open, Error, Some(false)),
+            (Expect::Any, Open, None),
+        ];
+        for (expect, state, broken) in table {
+            assert_eq!(expect.is_broken_by(state), broken, "{expect:?} {state:?}");
+        }
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_column("ab\ncdé\nx", 0), (1, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 3), (2, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 8), (3, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 7), (2, 4));
+    }
+}

@@ -1,0 +1,176 @@
+//! The `port_exporter` binary: flags, logging, config, then [`port_exporter::run`].
+
+use std::net::{Ipv6Addr, SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use port_exporter::config::Config;
+use port_exporter::{Options, limits, logging};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio_util::sync::CancellationToken;
+
+/// Prometheus exporter of TCP port states: open, closed, filtered.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Flags {
+    /// Config file (TOML); without it, an embedded default probes localhost's common ports.
+    #[arg(long = "config.file", value_name = "PATH")]
+    config_file: Option<PathBuf>,
+    /// Validate the config and exit: 0 when it is valid, 1 when not.
+    #[arg(long = "config.check")]
+    config_check: bool,
+    /// Address to listen on for HTTP; ":PORT" means every interface.
+    #[arg(long = "web.listen-address", default_value = ":9799")]
+    listen_address: String,
+    /// Path under which to expose metrics.
+    #[arg(long = "web.telemetry-path", default_value = "/metrics")]
+    telemetry_path: String,
+    /// Most probes in flight at once (lowered to fit the file descriptor limit).
+    #[arg(long = "probe.concurrency", default_value_t = Options::default().max_in_flight)]
+    concurrency: usize,
+    /// Only log messages at this level or above.
+    #[arg(long = "log.level", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
+    log_level: String,
+    /// Log line format.
+    #[arg(long = "log.format", value_enum, default_value_t = logging::Format::Logfmt)]
+    log_format: logging::Format,
+}
+
+fn main() -> ExitCode {
+    let flags = Flags::parse();
+    if flags.config_check {
+        return check_config(&flags);
+    }
+    let level = flags
+        .log_level
+        .parse()
+        .expect("clap allows only valid levels");
+    logging::init(level, flags.log_format);
+    match run(flags) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = format!("{error:#}"), "exiting");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn load_config(flags: &Flags) -> Result<Config, port_exporter::config::ConfigError> {
+    match &flags.config_file {
+        Some(path) => Config::from_file(path),
+        None => Ok(Config::embedded_default()),
+    }
+}
+
+fn check_config(flags: &Flags) -> ExitCode {
+    match load_config(flags) {
+        Ok(config) => {
+            let ports: usize = config.targets.iter().map(|t| t.ports.len()).sum();
+            println!("config OK: {} targets, {ports} ports", config.targets.len());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("config invalid: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(flags: Flags) -> anyhow::Result<()> {
+    let config = load_config(&flags)?;
+    let origin = flags
+        .config_file
+        .as_ref()
+        .map_or("embedded default".into(), |p| p.display().to_string());
+    let max_in_flight = fit_concurrency(flags.concurrency);
+    let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let address = listen_address(&flags.listen_address)?;
+        let listener = bind(address)
+            .await
+            .with_context(|| format!("cannot listen on {}", flags.listen_address))?;
+        tracing::info!(
+            config = %origin,
+            targets = config.targets.len(),
+            address = %listener.local_addr()?,
+            max_in_flight,
+            "port_exporter started"
+        );
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        let options = Options {
+            max_in_flight,
+            telemetry_path: flags.telemetry_path,
+        };
+        port_exporter::run(config, listener, options, shutdown).await?;
+        tracing::info!("port_exporter stopped");
+        Ok(())
+    })
+}
+
+/// Raises the fd limit and lowers `wanted` below it if needed, with a warning.
+fn fit_concurrency(wanted: usize) -> usize {
+    match limits::raise_fd_limit() {
+        Ok(fd_limit) => {
+            let fits = limits::max_in_flight_for(fd_limit);
+            if wanted > fits {
+                tracing::warn!(
+                    wanted,
+                    fd_limit,
+                    max_in_flight = fits,
+                    "concurrency lowered to fit the file descriptor limit"
+                );
+            }
+            wanted.min(fits)
+        }
+        Err(error) => {
+            tracing::warn!(%error, "cannot read or raise the file descriptor limit");
+            wanted
+        }
+    }
+}
+
+/// Parses `host:port` or `:port` (every interface).
+fn listen_address(text: &str) -> anyhow::Result<SocketAddr> {
+    if let Some(port) = text.strip_prefix(':') {
+        let port: u16 = port
+            .parse()
+            .with_context(|| format!("invalid port in listen address {text:?}"))?;
+        return Ok(SocketAddr::from((Ipv6Addr::UNSPECIFIED, port)));
+    }
+    match text.to_socket_addrs() {
+        Ok(mut addrs) => match addrs.next() {
+            Some(addr) => Ok(addr),
+            None => bail!("listen address {text:?} resolves to nothing"),
+        },
+        Err(error) => bail!("invalid listen address {text:?}: {error}"),
+    }
+}
+
+/// Binds `address`; the all-interfaces IPv6 address falls back to IPv4 on hosts without IPv6.
+async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    match tokio::net::TcpListener::bind(address).await {
+        Err(_) if address.ip() == Ipv6Addr::UNSPECIFIED => {
+            tokio::net::TcpListener::bind(SocketAddr::from(([0, 0, 0, 0], address.port()))).await
+        }
+        result => result,
+    }
+}
+
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop with SIGKILL");
+        return;
+    };
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    tracing::info!(signal = name, "shutting down");
+    shutdown.cancel();
+}

@@ -1,0 +1,68 @@
+//! Maps a connect() result to a port state and reason, the way nmap's connect scan does.
+
+use std::io;
+
+use nix::libc;
+
+use super::{Reason, State};
+
+/// Classifies the result of one connect attempt. Our own timeout arrives as
+/// `io::ErrorKind::TimedOut` without an errno; the kernel's as `ETIMEDOUT`.
+pub fn classify(result: &io::Result<()>) -> (State, Reason) {
+    let error = match result {
+        Ok(()) => return (State::Open, Reason::SynAck),
+        Err(error) => error,
+    };
+    match error.raw_os_error() {
+        Some(libc::ECONNREFUSED) => (State::Closed, Reason::ConnRefused),
+        Some(libc::ETIMEDOUT) => (State::Filtered, Reason::NoResponse),
+        // ICMP host unreachable, host prohibited, admin prohibited (v4), or an `unreachable`
+        // route; EHOSTDOWN and ENONET are the kernel's words for ICMP host unknown/isolated.
+        Some(libc::EHOSTUNREACH | libc::EHOSTDOWN | libc::ENONET) => {
+            (State::Filtered, Reason::HostUnreach)
+        }
+        Some(libc::ENETUNREACH) => (State::Filtered, Reason::NetUnreach),
+        // ICMPv6 administratively prohibited.
+        Some(libc::EACCES) => (State::Filtered, Reason::AdminProhibited),
+        Some(errno) => (State::Error, Reason::Local(errno)),
+        None if error.kind() == io::ErrorKind::TimedOut => (State::Filtered, Reason::NoResponse),
+        None => (State::Error, Reason::Unknown),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classification_table() {
+        use Reason::*;
+        use State::*;
+        let os = |errno| Err(io::Error::from_raw_os_error(errno));
+        let table: [(io::Result<()>, State, Reason); 13] = [
+            (Ok(()), Open, SynAck),
+            (os(libc::ECONNREFUSED), Closed, ConnRefused),
+            (os(libc::ETIMEDOUT), Filtered, NoResponse),
+            (Err(io::ErrorKind::TimedOut.into()), Filtered, NoResponse),
+            (os(libc::EHOSTUNREACH), Filtered, HostUnreach),
+            (os(libc::EHOSTDOWN), Filtered, HostUnreach),
+            (os(libc::ENETUNREACH), Filtered, NetUnreach),
+            (os(libc::EACCES), Filtered, AdminProhibited),
+            (os(libc::EMFILE), Error, Local(libc::EMFILE)),
+            (os(libc::EADDRNOTAVAIL), Error, Local(libc::EADDRNOTAVAIL)),
+            (os(libc::ENOBUFS), Error, Local(libc::ENOBUFS)),
+            (os(libc::EPERM), Error, Local(libc::EPERM)),
+            (Err(io::Error::other("no errno")), Error, Unknown),
+        ];
+        for (result, state, reason) in table {
+            assert_eq!(classify(&result), (state, reason), "{result:?}");
+        }
+    }
+
+    #[test]
+    fn message_text_is_never_consulted() {
+        // A refused connection whose message says "timed out" is still closed.
+        let error = io::Error::new(io::ErrorKind::ConnectionRefused, "timed out");
+        assert_eq!(classify(&Err(error)), (State::Error, Reason::Unknown));
+    }
+}

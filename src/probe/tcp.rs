@@ -1,0 +1,81 @@
+//! The TCP connect probe: one non-blocking connect per attempt, closed with a reset.
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, SystemTime};
+
+use tokio::net::{TcpSocket, TcpStream};
+use tokio::time::Instant;
+
+use super::{Outcome, Probe, Reason, State, classify};
+
+/// Probes with a full TCP connect, like `nmap -sT`; needs no privileges.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcpProbe;
+
+enum Attempt {
+    Answered(io::Result<()>),
+    /// The socket connected to itself (loopback target port inside the ephemeral range).
+    SelfConnected,
+}
+
+impl Probe for TcpProbe {
+    async fn probe(&self, addr: SocketAddr, timeout: Duration, retries: u32) -> Outcome {
+        let attempts = retries.saturating_add(1);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let started = Instant::now();
+            let result = connect_once(addr, timeout).await;
+            let elapsed = started.elapsed();
+            let last = attempt >= attempts;
+            let (state, reason) = match result {
+                Attempt::SelfConnected if last => (State::Closed, Reason::SelfConnect),
+                Attempt::SelfConnected => continue,
+                Attempt::Answered(result) => classify(&result),
+            };
+            // Only silence is worth another try: any answer is the port's truth.
+            if reason == Reason::NoResponse && !last {
+                continue;
+            }
+            let answered = state != State::Error && reason != Reason::NoResponse;
+            return Outcome {
+                state,
+                reason,
+                connect: answered.then_some(elapsed),
+                at: SystemTime::now(),
+            };
+        }
+    }
+}
+
+async fn connect_once(addr: SocketAddr, timeout: Duration) -> Attempt {
+    let socket = match if addr.is_ipv4() {
+        TcpSocket::new_v4()
+    } else {
+        TcpSocket::new_v6()
+    } {
+        Ok(socket) => socket,
+        Err(error) => return Attempt::Answered(Err(error)),
+    };
+    match tokio::time::timeout(timeout, socket.connect(addr)).await {
+        Err(_elapsed) => Attempt::Answered(Err(io::ErrorKind::TimedOut.into())),
+        Ok(Err(error)) => Attempt::Answered(Err(error)),
+        Ok(Ok(stream)) => {
+            let self_connected = stream.local_addr().is_ok_and(|local| local == addr);
+            close_with_reset(stream);
+            if self_connected {
+                Attempt::SelfConnected
+            } else {
+                Attempt::Answered(Ok(()))
+            }
+        }
+    }
+}
+
+/// Closes with SO_LINGER {1, 0}, as nmap does: a reset instead of a FIN, so the prober keeps
+/// no TIME_WAIT socket per open port probed.
+fn close_with_reset(stream: TcpStream) {
+    // If setting the option fails the close is merely graceful; nothing to report.
+    let _ = stream.set_zero_linger();
+}

@@ -1,0 +1,337 @@
+//! The scheduler: probes every target's ports in background rounds and records the outcomes.
+//!
+//! Each target runs its own loop: a first round at once (so the exporter is useful quickly),
+//! then one round per interval at a phase derived from the target's name, which spreads the
+//! targets over the interval the way Prometheus spreads scrapes. A round resolves the host,
+//! then probes every (port, address) under one global concurrency cap; a silent port holds
+//! one slot, never the round of another target.
+
+use std::collections::hash_map::DefaultHasher;
+use std::hash::{Hash, Hasher};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinSet;
+use tokio::time::{Instant, MissedTickBehavior};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, Target};
+use crate::metrics::ProbeMetrics;
+use crate::probe::{Outcome, Probe};
+use crate::state::{RowKey, StateTable};
+
+/// What every target loop shares.
+struct Shared<P> {
+    probe: P,
+    table: Arc<StateTable>,
+    metrics: ProbeMetrics,
+    /// The global cap on probes in flight.
+    slots: Arc<Semaphore>,
+}
+
+/// Flips `ready` once every target has finished its first round.
+struct FirstRounds {
+    remaining: AtomicUsize,
+    ready: watch::Sender<bool>,
+}
+
+impl FirstRounds {
+    fn one_done(&self) {
+        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.ready.send_replace(true);
+        }
+    }
+}
+
+/// The parts a scheduler works with.
+pub struct Scheduler<P> {
+    pub probe: P,
+    pub table: Arc<StateTable>,
+    pub metrics: ProbeMetrics,
+    /// The global cap on probes in flight.
+    pub max_in_flight: usize,
+}
+
+impl<P: Probe> Scheduler<P> {
+    /// Starts one loop per target on `tracker`; they run until `shutdown` is cancelled.
+    /// `ready` becomes true once every target has been probed once.
+    pub fn spawn(
+        self,
+        config: &Config,
+        ready: watch::Sender<bool>,
+        tracker: &TaskTracker,
+        shutdown: &CancellationToken,
+    ) {
+        self.table.set_targets(&config.targets);
+        let shared = Arc::new(Shared {
+            probe: self.probe,
+            table: self.table,
+            metrics: self.metrics,
+            slots: Arc::new(Semaphore::new(self.max_in_flight.max(1))),
+        });
+        if config.targets.is_empty() {
+            ready.send_replace(true);
+        }
+        let first_rounds = Arc::new(FirstRounds {
+            remaining: AtomicUsize::new(config.targets.len()),
+            ready,
+        });
+        for target in &config.targets {
+            let target = Arc::new(target.clone());
+            let shared = shared.clone();
+            let first_rounds = first_rounds.clone();
+            let shutdown = shutdown.clone();
+            tracker.spawn(async move {
+                shutdown
+                    .run_until_cancelled(run_target(shared, target, first_rounds))
+                    .await;
+            });
+        }
+    }
+}
+
+async fn run_target<P: Probe>(
+    shared: Arc<Shared<P>>,
+    target: Arc<Target>,
+    first_rounds: Arc<FirstRounds>,
+) {
+    let start = Instant::now();
+    run_round(&shared, &target, start).await;
+    first_rounds.one_done();
+    let mut ticks = tokio::time::interval_at(start + phase(&target), target.interval);
+    // A round that overran its interval is followed by the next at once, never by a burst.
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        let scheduled = ticks.tick().await;
+        run_round(&shared, &target, scheduled).await;
+    }
+}
+
+/// A stable offset in `[0, interval)` for the target, so that restarts keep the spread.
+fn phase(target: &Target) -> Duration {
+    let mut hasher = DefaultHasher::new();
+    target.name.hash(&mut hasher);
+    let interval_ns = target.interval.as_nanos().max(1);
+    Duration::from_nanos((u128::from(hasher.finish()) % interval_ns) as u64)
+}
+
+async fn run_round<P: Probe>(shared: &Arc<Shared<P>>, target: &Arc<Target>, scheduled: Instant) {
+    let Some(addresses) = resolve(shared, target).await else {
+        let at = SystemTime::now();
+        for &port in &target.ports {
+            let key = RowKey { port, ip: None };
+            shared
+                .table
+                .record(&target.name, key, Outcome::dns_failure(at));
+        }
+        return;
+    };
+    let mut probes = JoinSet::new();
+    for &port in &target.ports {
+        for &ip in &addresses {
+            let slot = shared
+                .slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("the semaphore is never closed");
+            shared
+                .metrics
+                .start_lateness
+                .observe(scheduled.elapsed().as_secs_f64());
+            let shared = shared.clone();
+            let target = target.clone();
+            probes.spawn(async move {
+                let _slot = slot;
+                shared.metrics.in_flight.inc();
+                let addr = SocketAddr::new(ip, port);
+                let outcome = shared
+                    .probe
+                    .probe(addr, target.timeout, target.retries)
+                    .await;
+                shared.metrics.in_flight.dec();
+                shared.metrics.count_probe(outcome.state);
+                let key = RowKey { port, ip: Some(ip) };
+                shared.table.record(&target.name, key, outcome);
+            });
+            // Reap finished probes as we go so a large range does not pile up finished tasks.
+            while probes.try_join_next().is_some() {}
+        }
+    }
+    while probes.join_next().await.is_some() {}
+}
+
+/// Resolves the target's host to all its addresses (A and AAAA), recording the lookup in the
+/// table; `None` when it does not resolve within the target's budget.
+async fn resolve<P: Probe>(shared: &Shared<P>, target: &Target) -> Option<Vec<IpAddr>> {
+    if let Ok(ip) = target.host.parse::<IpAddr>() {
+        return Some(vec![ip]);
+    }
+    let budget = target.timeout * (target.retries + 1);
+    let started = Instant::now();
+    let lookup = tokio::time::timeout(budget, tokio::net::lookup_host((target.host.as_str(), 0)));
+    let addresses = match lookup.await {
+        Ok(Ok(addrs)) => {
+            let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
+            ips.sort_unstable();
+            ips.dedup();
+            Some(ips).filter(|ips| !ips.is_empty())
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(target = %target.name, host = %target.host, %error, "lookup failed");
+            None
+        }
+        Err(_elapsed) => {
+            tracing::debug!(target = %target.name, host = %target.host, "lookup timed out");
+            None
+        }
+    };
+    if addresses.is_none() {
+        shared.metrics.dns_lookup_failures.inc();
+    }
+    shared
+        .table
+        .record_lookup(&target.name, addresses.as_deref(), started.elapsed());
+    addresses
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::probe::{Reason, State};
+    use std::sync::Mutex;
+
+    /// A probe that answers after a fixed delay per port and logs when each probe started.
+    #[derive(Clone, Default)]
+    struct FakeProbe {
+        started: Arc<Mutex<Vec<(u16, Instant)>>>,
+        in_flight: Arc<AtomicUsize>,
+        most_in_flight: Arc<AtomicUsize>,
+    }
+
+    impl Probe for FakeProbe {
+        async fn probe(&self, addr: SocketAddr, timeout: Duration, _retries: u32) -> Outcome {
+            self.started
+                .lock()
+                .unwrap()
+                .push((addr.port(), Instant::now()));
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most_in_flight.fetch_max(now, Ordering::SeqCst);
+            // Port 1 is silent: it uses its whole timeout.
+            let (delay, state) = match addr.port() {
+                1 => (timeout, State::Filtered),
+                _ => (Duration::from_millis(100), State::Open),
+            };
+            tokio::time::sleep(delay).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Outcome {
+                state,
+                reason: Reason::Unknown,
+                connect: None,
+                at: SystemTime::now(),
+            }
+        }
+    }
+
+    fn start(
+        text: &str,
+        max_in_flight: usize,
+    ) -> (FakeProbe, Arc<StateTable>, watch::Receiver<bool>) {
+        let config = Config::parse(text, "test").unwrap();
+        let table = Arc::new(StateTable::new());
+        let metrics = Metrics::new(table.clone()).unwrap();
+        let probe = FakeProbe::default();
+        let (ready_tx, ready) = watch::channel(false);
+        let scheduler = Scheduler {
+            probe: probe.clone(),
+            table: table.clone(),
+            metrics: metrics.probes.clone(),
+            max_in_flight,
+        };
+        scheduler.spawn(
+            &config,
+            ready_tx,
+            &TaskTracker::new(),
+            &CancellationToken::new(),
+        );
+        (probe, table, ready)
+    }
+
+    fn starts_of(probe: &FakeProbe, port: u16) -> Vec<Instant> {
+        let log = probe.started.lock().unwrap();
+        log.iter()
+            .filter(|(p, _)| *p == port)
+            .map(|(_, t)| *t)
+            .collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn each_port_is_probed_once_per_interval() {
+        let (probe, table, mut ready) = start(
+            "[[targets]]\nhost = \"127.0.0.1\"\nports = [2, 3]\ninterval = \"10s\"",
+            8,
+        );
+        ready.wait_for(|r| *r).await.unwrap();
+        let begin = Instant::now();
+        tokio::time::sleep(Duration::from_secs(95)).await;
+        let starts = starts_of(&probe, 2);
+        // The first round at once, then one per interval: 1 + 9 or 10 in 95 s.
+        assert!((10..=11).contains(&starts.len()), "{}", starts.len());
+        for pair in starts[1..].windows(2) {
+            assert_eq!(pair[1] - pair[0], Duration::from_secs(10));
+        }
+        assert!(starts[0] < begin);
+        assert_eq!(table.read()["127.0.0.1"].rows.len(), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_port_does_not_delay_other_targets() {
+        let (probe, _table, mut ready) = start(
+            concat!(
+                "[defaults]\ntimeout = \"5s\"\nretries = 0\ninterval = \"20s\"\n",
+                "[[targets]]\nname = \"silent\"\nhost = \"127.0.0.1\"\nports = [1]\n",
+                "[[targets]]\nname = \"busy\"\nhost = \"127.0.0.2\"\nports = [2, 3, 4, 5]\n",
+            ),
+            2,
+        );
+        let begin = Instant::now();
+        ready.wait_for(|r| *r).await.unwrap();
+        // Two slots, one held by the silent port for 5 s: the other target's four ports
+        // (0.1 s each) still pass one after another through the free slot.
+        for port in 2..=5 {
+            let first = starts_of(&probe, port)[0];
+            assert!(first - begin < Duration::from_millis(500), "port {port}");
+        }
+        // Ready only once the silent port's round finished too.
+        assert!(Instant::now() - begin >= Duration::from_secs(5));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_concurrency_cap_holds() {
+        let (probe, _table, mut ready) = start(
+            "[defaults]\nretries = 0\n[[targets]]\nhost = \"127.0.0.1\"\nports = [\"2-9\"]",
+            3,
+        );
+        ready.wait_for(|r| *r).await.unwrap();
+        assert_eq!(probe.started.lock().unwrap().len(), 8);
+        assert_eq!(probe.most_in_flight.load(Ordering::SeqCst), 3);
+    }
+
+    #[test]
+    fn phases_are_stable_and_inside_the_interval() {
+        let config = Config::parse(
+            "[[targets]]\nhost = \"a\"\nports = [1]\n[[targets]]\nhost = \"b\"\nports = [1]",
+            "t",
+        )
+        .unwrap();
+        let phases: Vec<_> = config.targets.iter().map(phase).collect();
+        assert_eq!(phases, config.targets.iter().map(phase).collect::<Vec<_>>());
+        assert!(phases.iter().all(|p| *p < config.targets[0].interval));
+        assert_ne!(phases[0], phases[1]);
+    }
+}

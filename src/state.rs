@@ -1,0 +1,224 @@
+//! The state table: the single source of truth for what `/metrics` shows.
+//!
+//! One row per (target, port, address). The scheduler writes outcomes into it; the metrics
+//! collector reads it at scrape time. Rows that the config or DNS no longer names are removed
+//! here, so no stale series can survive.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::time::{Duration, SystemTime};
+
+use crate::config::{Expect, Target};
+use crate::probe::Outcome;
+
+/// What the table knows about a target apart from its rows: the labels of its series.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetInfo {
+    pub name: String,
+    pub host: String,
+    pub expect: Expect,
+    pub labels: Vec<(String, String)>,
+}
+
+impl From<&Target> for TargetInfo {
+    fn from(target: &Target) -> Self {
+        TargetInfo {
+            name: target.name.clone(),
+            host: target.host.clone(),
+            expect: target.expect,
+            labels: target.labels.clone(),
+        }
+    }
+}
+
+/// A row's key: the port, and the address probed (`None` when the name did not resolve).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RowKey {
+    pub port: u16,
+    pub ip: Option<IpAddr>,
+}
+
+/// The latest outcome of one (target, port, address) and its history.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Row {
+    pub outcome: Outcome,
+    /// How often the state changed since the row appeared.
+    pub changes: u64,
+    /// When the state last changed, or when the row first got a state.
+    pub last_change: SystemTime,
+}
+
+/// All rows of one target.
+#[derive(Clone, Debug)]
+pub struct TargetRows {
+    pub info: Arc<TargetInfo>,
+    /// Duration of the last DNS lookup; `None` for IP literals, which need none.
+    pub dns_lookup: Option<Duration>,
+    pub rows: BTreeMap<RowKey, Row>,
+}
+
+/// The table, keyed by target name (which the config keeps unique).
+#[derive(Debug, Default)]
+pub struct StateTable {
+    targets: RwLock<BTreeMap<String, TargetRows>>,
+}
+
+impl StateTable {
+    pub fn new() -> StateTable {
+        StateTable::default()
+    }
+
+    /// Makes the table's targets those of `targets`: new ones start with no rows, removed
+    /// ones disappear with their rows, changed labels apply to the next scrape.
+    pub fn set_targets(&self, targets: &[Target]) {
+        let mut table = self.write();
+        table.retain(|name, _| targets.iter().any(|t| &t.name == name));
+        for target in targets {
+            let info = Arc::new(TargetInfo::from(target));
+            let entry = table
+                .entry(target.name.clone())
+                .or_insert_with(|| TargetRows {
+                    info: info.clone(),
+                    dns_lookup: None,
+                    rows: BTreeMap::new(),
+                });
+            entry.info = info;
+            entry.rows.retain(|key, _| target.ports.contains(&key.port));
+        }
+    }
+
+    /// Records a lookup of the target's name: rows of addresses it no longer resolves to go.
+    /// `addresses` is `None` when the lookup failed; then only the address-less rows stay.
+    pub fn record_lookup(&self, target: &str, addresses: Option<&[IpAddr]>, took: Duration) {
+        let mut table = self.write();
+        let Some(entry) = table.get_mut(target) else {
+            return;
+        };
+        entry.dns_lookup = Some(took);
+        entry.rows.retain(|key, _| match (addresses, key.ip) {
+            (Some(addresses), Some(ip)) => addresses.contains(&ip),
+            (None, None) => true,
+            _ => false,
+        });
+    }
+
+    /// Records the outcome of one probe.
+    pub fn record(&self, target: &str, key: RowKey, outcome: Outcome) {
+        let mut table = self.write();
+        let Some(entry) = table.get_mut(target) else {
+            // The target was removed while its probe ran.
+            return;
+        };
+        entry
+            .rows
+            .entry(key)
+            .and_modify(|row| {
+                if row.outcome.state != outcome.state {
+                    row.changes += 1;
+                    row.last_change = outcome.at;
+                }
+                row.outcome = outcome;
+            })
+            .or_insert(Row {
+                outcome,
+                changes: 0,
+                last_change: outcome.at,
+            });
+    }
+
+    /// A consistent view of the whole table, for rendering.
+    pub fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, TargetRows>> {
+        // A writer cannot leave the table half-updated (each write is one map operation), so a
+        // poisoned lock still guards consistent data.
+        self.targets.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, TargetRows>> {
+        self.targets.write().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::probe::{Reason, State};
+
+    fn outcome(state: State, secs: u64) -> Outcome {
+        Outcome {
+            state,
+            reason: Reason::Unknown,
+            connect: None,
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+        }
+    }
+
+    fn config(text: &str) -> Config {
+        Config::parse(text, "test").unwrap()
+    }
+
+    const V4: Option<IpAddr> = Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+    const V6: Option<IpAddr> = Some(IpAddr::V6(std::net::Ipv6Addr::LOCALHOST));
+
+    #[test]
+    fn state_changes_are_counted_with_their_time() {
+        let table = StateTable::new();
+        table.set_targets(&config("[[targets]]\nhost = \"h\"\nports = [1]").targets);
+        let key = RowKey { port: 1, ip: V4 };
+        table.record("h", key, outcome(State::Open, 10));
+        table.record("h", key, outcome(State::Open, 20));
+        let row = table.read()["h"].rows[&key];
+        assert_eq!(
+            (row.changes, row.last_change),
+            (0, outcome(State::Open, 10).at)
+        );
+        table.record("h", key, outcome(State::Closed, 30));
+        table.record("h", key, outcome(State::Open, 40));
+        let row = table.read()["h"].rows[&key];
+        assert_eq!(
+            (row.changes, row.last_change),
+            (2, outcome(State::Open, 40).at)
+        );
+        assert_eq!(row.outcome.at, outcome(State::Open, 40).at);
+    }
+
+    #[test]
+    fn lookups_drop_rows_of_addresses_gone() {
+        let table = StateTable::new();
+        table.set_targets(&config("[[targets]]\nhost = \"h\"\nports = [1]").targets);
+        for ip in [V4, V6, None] {
+            table.record("h", RowKey { port: 1, ip }, outcome(State::Open, 1));
+        }
+        table.record_lookup("h", Some(&[V6.unwrap()]), Duration::from_millis(3));
+        let keys: Vec<_> = table.read()["h"].rows.keys().map(|k| k.ip).collect();
+        assert_eq!(keys, [V6]);
+        table.record_lookup("h", None, Duration::from_millis(3));
+        assert!(table.read()["h"].rows.is_empty());
+    }
+
+    #[test]
+    fn removed_targets_and_ports_disappear() {
+        let table = StateTable::new();
+        table.set_targets(
+            &config(
+                "[[targets]]\nhost = \"a\"\nports = [1, 2]\n[[targets]]\nhost = \"b\"\nports = [1]",
+            )
+            .targets,
+        );
+        for (t, p) in [("a", 1), ("a", 2), ("b", 1)] {
+            table.record(t, RowKey { port: p, ip: V4 }, outcome(State::Open, 1));
+        }
+        table.set_targets(&config("[[targets]]\nhost = \"a\"\nports = [2]").targets);
+        let read = table.read();
+        assert_eq!(read.keys().collect::<Vec<_>>(), ["a"]);
+        assert_eq!(
+            read["a"].rows.keys().map(|k| k.port).collect::<Vec<_>>(),
+            [2]
+        );
+        drop(read);
+        // A probe that finishes after its target was removed leaves no trace.
+        table.record("b", RowKey { port: 1, ip: V4 }, outcome(State::Open, 2));
+        assert!(!table.read().contains_key("b"));
+    }
+}

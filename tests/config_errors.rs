@@ -1,0 +1,215 @@
+//! Every invalid config fixture is rejected with its exact message (file, line, column, what
+//! was expected), by the library and by `port_exporter --config.check`.
+
+use std::path::Path;
+use std::process::Command;
+
+use port_exporter::config::Config;
+
+const FIXTURES: &str = "tests/fixtures/invalid";
+
+/// Fixture name and the message after "FILE:" — line:column: what is wrong.
+const CASES: &[(&str, &str)] = &[
+    (
+        "bad_expect",
+        "2:10: unknown variant `opened`, expected one of `open`, `closed`, `filtered`, `not_open`, `any`",
+    ),
+    (
+        "bad_host",
+        "2:8: invalid host \"exa mple.org\": expected a DNS name, an IPv4 or an IPv6 address",
+    ),
+    (
+        "bad_interval",
+        "2:12: invalid interval \"15\": expected a duration such as \"500ms\", \"15s\", \"1m30s\"",
+    ),
+    (
+        "bad_label_name",
+        "4:10: invalid label name \"1team\": expected [a-zA-Z_][a-zA-Z0-9_]* not starting with \"__\"",
+    ),
+    (
+        "duplicate_host_as_name",
+        "6:8: duplicate target name \"a\": names must be unique",
+    ),
+    (
+        "duplicate_name",
+        "7:8: duplicate target name \"web\": names must be unique",
+    ),
+    ("empty_host", "2:8: host must not be empty"),
+    ("empty_name", "2:8: target name must not be empty"),
+    ("empty_ports", "3:9: ports must list at least one port"),
+    (
+        "label_not_string",
+        "4:19: invalid type: integer `1`, expected a string",
+    ),
+    ("missing_host", "1:1: missing field `host`"),
+    ("missing_ports", "1:1: missing field `ports`"),
+    (
+        "negative_retries",
+        "2:11: invalid value: integer `-1`, expected u32",
+    ),
+    (
+        "port_float",
+        "3:10: invalid type: floating point `80.5`, expected a port number or a \"lo-hi\" range string",
+    ),
+    (
+        "port_too_high",
+        "3:10: port 70000 out of range: expected 1 to 65535",
+    ),
+    ("port_twice", "3:14: port 22 is listed more than once"),
+    (
+        "port_zero",
+        "3:14: port 0 out of range: expected 1 to 65535",
+    ),
+    (
+        "ports_not_array",
+        "3:9: invalid type: integer `80`, expected a sequence",
+    ),
+    (
+        "range_malformed",
+        "3:10: invalid port range \"80:90\": expected \"lo-hi\", e.g. \"8000-8010\"",
+    ),
+    (
+        "range_reversed",
+        "3:10: invalid port range \"90-80\": the first port must not exceed the last",
+    ),
+    (
+        "range_too_high",
+        "3:10: port 65536 out of range: expected 1 to 65535",
+    ),
+    (
+        "reserved_label",
+        "4:10: label name \"port\" is reserved: the exporter sets it",
+    ),
+    ("syntax_error", "3:12: unclosed array, expected `]`"),
+    (
+        "timeout_exceeds_interval",
+        "5:11: target \"a\": timeout x (retries + 1) = 4s must not exceed interval 3s",
+    ),
+    (
+        "too_many_retries",
+        "2:11: retries 11 too high: expected 0 to 10",
+    ),
+    (
+        "unknown_defaults_field",
+        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `expect`",
+    ),
+    (
+        "unknown_field",
+        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `expect`, `labels`, `interval`, `timeout`, `retries`",
+    ),
+    (
+        "unknown_section",
+        "1:2: unknown field `global`, expected `defaults` or `targets`",
+    ),
+    ("zero_timeout", "2:11: timeout must be greater than zero"),
+];
+
+fn fixture(name: &str) -> String {
+    format!("{FIXTURES}/{name}.toml")
+}
+
+#[test]
+fn every_fixture_has_a_case_and_every_case_a_fixture() {
+    let mut on_disk: Vec<String> = std::fs::read_dir(FIXTURES)
+        .unwrap()
+        .map(|e| {
+            e.unwrap()
+                .path()
+                .file_stem()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    on_disk.sort();
+    let listed: Vec<String> = CASES.iter().map(|(name, _)| name.to_string()).collect();
+    assert_eq!(on_disk, listed);
+}
+
+#[test]
+fn each_invalid_config_is_rejected_with_its_message() {
+    for (name, message) in CASES {
+        let path = fixture(name);
+        let error = Config::from_file(Path::new(&path)).expect_err(&path);
+        assert_eq!(
+            error.to_string(),
+            format!("{path}:{message}"),
+            "fixture {name}"
+        );
+    }
+}
+
+#[test]
+fn config_check_exits_non_zero_with_the_message() {
+    let exe = env!("CARGO_BIN_EXE_port_exporter");
+    for (name, message) in CASES {
+        let path = fixture(name);
+        let out = Command::new(exe)
+            .args(["--config.check", "--config.file", &path])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "fixture {name}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            stderr.contains(&format!("{path}:{message}")),
+            "{name}: {stderr}"
+        );
+    }
+}
+
+#[test]
+fn config_check_accepts_the_examples_and_the_embedded_default() {
+    let exe = env!("CARGO_BIN_EXE_port_exporter");
+    let mut configs: Vec<Vec<String>> = std::fs::read_dir("examples")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .map(|p| vec!["--config.file".to_string(), p.display().to_string()])
+        .collect();
+    assert!(!configs.is_empty(), "examples/ holds at least one config");
+    configs.push(vec![]);
+    for args in configs {
+        let out = Command::new(exe)
+            .arg("--config.check")
+            .args(&args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("config OK"));
+    }
+}
+
+#[test]
+fn a_missing_file_is_an_error_naming_it() {
+    let error = Config::from_file(Path::new("tests/fixtures/no-such-file.toml")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("tests/fixtures/no-such-file.toml: cannot read config file")
+    );
+}
+
+#[test]
+fn a_bad_config_binds_nothing_and_exits_non_zero() {
+    let exe = env!("CARGO_BIN_EXE_port_exporter");
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let out = Command::new(exe)
+        .args([
+            "--config.file",
+            &fixture("port_zero"),
+            "--web.listen-address",
+        ])
+        .arg(format!("127.0.0.1:{port}"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("port 0 out of range"));
+    // The port is still free: nothing was bound.
+    std::net::TcpListener::bind(("127.0.0.1", port)).expect("port still free");
+}
