@@ -26,7 +26,10 @@ fn start(args: &[&str]) -> (Child, std::net::SocketAddr, Vec<String>) {
     let mut reader = BufReader::new(child.stderr.take().unwrap());
     let addr = loop {
         let mut line = String::new();
-        assert!(reader.read_line(&mut line).unwrap() > 0, "exited early: {lines:?}");
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "exited early: {lines:?}"
+        );
         lines.push(line.clone());
         if let Some(rest) = line.split("address").nth(1) {
             let addr: String = rest
@@ -63,7 +66,11 @@ fn sigterm_and_sigint_stop_it_gracefully_with_exit_code_0() {
         let (mut child, addr, _) = start(&[]);
         common::wait_ready(addr, Duration::from_secs(15));
         kill(Pid::from_raw(child.id() as i32), signal).unwrap();
-        assert_eq!(wait_exit(&mut child, Duration::from_secs(10)), Some(0), "{signal}");
+        assert_eq!(
+            wait_exit(&mut child, Duration::from_secs(10)),
+            Some(0),
+            "{signal}"
+        );
     }
 }
 
@@ -111,5 +118,8 @@ fn an_address_in_use_is_a_clear_error() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains(&format!("cannot listen on {addr}")), "{stderr}");
+    assert!(
+        stderr.contains(&format!("cannot listen on {addr}")),
+        "{stderr}"
+    );
 }
