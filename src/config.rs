@@ -85,8 +85,11 @@ pub struct Target {
     pub name: String,
     /// DNS name or IP literal (IPv6 without brackets), the `host` label.
     pub host: String,
-    /// Sorted, without duplicates.
+    /// Every port to probe: sorted, without duplicates, `exclude` already removed.
     pub ports: Vec<u16>,
+    /// The ports listed one by one (not through a range): their series always exist, while a
+    /// range port has series only when it is open or breaks the expectation. Sorted.
+    pub listed: Vec<u16>,
     pub expect: Expect,
     /// Extra labels for every series of this target, sorted by name.
     pub labels: Vec<(String, String)>,
@@ -192,6 +195,7 @@ struct RawTarget {
     name: Option<Spanned<String>>,
     host: Spanned<String>,
     ports: Spanned<Vec<Spanned<RawPorts>>>,
+    exclude: Option<Spanned<Vec<Spanned<RawPorts>>>>,
     expect: Option<Expect>,
     labels: Option<Spanned<BTreeMap<String, String>>>,
     interval: Option<Spanned<String>>,
@@ -199,7 +203,8 @@ struct RawTarget {
     retries: Option<Spanned<u32>>,
 }
 
-/// One entry of `ports`: a number or an inclusive `"lo-hi"` range, not yet range-checked.
+/// One entry of `ports` or `exclude`: a number or an inclusive `"lo-hi"` range, not yet
+/// range-checked.
 enum RawPorts {
     Single(i64),
     Range(String),
@@ -270,7 +275,7 @@ impl RawTarget {
             Some(name) => name.get_ref().clone(),
             None => host.clone(),
         };
-        let ports = validate_ports(&self.ports)?;
+        let (ports, listed) = validate_ports(&self.ports, self.exclude.as_ref())?;
         let labels = match &self.labels {
             Some(labels) => validate_labels(labels)?,
             None => Vec::new(),
@@ -302,6 +307,7 @@ impl RawTarget {
             name,
             host,
             ports,
+            listed,
             expect: self.expect.unwrap_or(defaults.expect),
             labels,
             interval,
@@ -341,26 +347,51 @@ fn validate_host(host: &Spanned<String>) -> Result<String, Invalid> {
     Ok(text.to_string())
 }
 
-fn validate_ports(ports: &Spanned<Vec<Spanned<RawPorts>>>) -> Result<Vec<u16>, Invalid> {
+/// Expands `ports` less `exclude` into the sorted port list, and the ports listed one by one.
+fn validate_ports(
+    ports: &Spanned<Vec<Spanned<RawPorts>>>,
+    exclude: Option<&Spanned<Vec<Spanned<RawPorts>>>>,
+) -> Result<(Vec<u16>, Vec<u16>), Invalid> {
     if ports.get_ref().is_empty() {
         return invalid(ports.span(), "ports must list at least one port");
     }
-    let mut seen = vec![false; 65536];
-    let mut out = Vec::new();
+    let mut selected = vec![false; 65536];
+    let mut listed = Vec::new();
     for entry in ports.get_ref() {
         let (lo, hi) = parse_port_entry(entry)?;
         for port in lo..=hi {
-            if std::mem::replace(&mut seen[usize::from(port)], true) {
+            if std::mem::replace(&mut selected[usize::from(port)], true) {
                 return invalid(
                     entry.span(),
                     format!("port {port} is listed more than once"),
                 );
             }
-            out.push(port);
+        }
+        if matches!(entry.get_ref(), RawPorts::Single(_)) {
+            listed.push(lo);
         }
     }
-    out.sort_unstable();
-    Ok(out)
+    for entry in exclude.map_or(&[][..], |e| e.get_ref()) {
+        let (lo, hi) = parse_port_entry(entry)?;
+        for port in lo..=hi {
+            if !std::mem::replace(&mut selected[usize::from(port)], false) {
+                return invalid(
+                    entry.span(),
+                    format!("exclude: port {port} is not in ports (or excluded twice)"),
+                );
+            }
+        }
+    }
+    let kept: Vec<u16> = (1..=u16::MAX)
+        .filter(|&p| selected[usize::from(p)])
+        .collect();
+    if kept.is_empty() {
+        let span = exclude.map_or(ports.span(), Spanned::span);
+        return invalid(span, "exclude removes every port");
+    }
+    listed.retain(|&p| selected[usize::from(p)]);
+    listed.sort_unstable();
+    Ok((kept, listed))
 }
 
 fn parse_port_entry(entry: &Spanned<RawPorts>) -> Result<(u16, u16), Invalid> {
@@ -551,6 +582,7 @@ mod tests {
         let t = &Config::parse(text, "t").unwrap().targets[0];
         assert_eq!(t.host, "::1");
         assert_eq!(t.ports, [80, 443, 8000, 8001, 8002]);
+        assert_eq!(t.listed, [80, 443]);
         assert_eq!(t.expect, Expect::NotOpen);
         assert_eq!(t.interval, Duration::from_secs(60));
         assert_eq!(t.timeout, Duration::from_millis(500));
@@ -559,6 +591,30 @@ mod tests {
             t.labels,
             [("env".into(), "prod".into()), ("team".into(), "web".into())]
         );
+    }
+
+    #[test]
+    fn exclude_removes_ports_and_ranges() {
+        let text = r#"
+            [[targets]]
+            host = "h"
+            ports = ["1-65535"]
+            exclude = [22, "8000-8009", 443]
+            [[targets]]
+            name = "listed"
+            host = "h"
+            ports = [22, 80, "100-102"]
+            exclude = [80, 101]
+        "#;
+        let config = Config::parse(text, "t").unwrap();
+        let all = &config.targets[0];
+        assert_eq!(all.ports.len(), 65535 - 12);
+        assert!(!all.ports.contains(&22) && !all.ports.contains(&8005));
+        assert!(all.ports.contains(&21) && all.ports.contains(&8010));
+        assert!(all.listed.is_empty());
+        let listed = &config.targets[1];
+        assert_eq!(listed.ports, [22, 100, 102]);
+        assert_eq!(listed.listed, [22]);
     }
 
     #[test]

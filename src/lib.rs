@@ -4,7 +4,8 @@
 //! # Layout
 //! Data flows one way: config → scheduler → probe → state table → rendered on scrape.
 //! - [`config`]: the TOML file, parsed strictly and validated into [`config::Config`].
-//! - [`scheduler`]: background rounds per target under a global concurrency cap.
+//! - [`scheduler`]: background rounds per target under a global concurrency cap, paced by
+//!   [`pacer`].
 //! - [`probe`]: one connect attempt and its classification into a state and a reason.
 //! - [`state`]: the state table, the single source of truth.
 //! - [`metrics`]: the table rendered as Prometheus metrics at scrape time, plus self-metrics.
@@ -18,6 +19,7 @@ pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod pacer;
 pub mod probe;
 pub mod scheduler;
 pub mod state;
@@ -40,6 +42,8 @@ use crate::state::StateTable;
 pub struct Options {
     /// The global cap on probes in flight.
     pub max_in_flight: usize,
+    /// The most probes started per second (0: unlimited).
+    pub max_per_second: u32,
     /// Path of the metrics endpoint.
     pub telemetry_path: String,
 }
@@ -48,6 +52,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             max_in_flight: 512,
+            max_per_second: 20_000,
             telemetry_path: "/metrics".to_string(),
         }
     }
@@ -76,6 +81,7 @@ pub async fn run(
         table,
         metrics: metrics.probes.clone(),
         max_in_flight: options.max_in_flight,
+        max_per_second: options.max_per_second,
     };
     scheduler.spawn(&config, ready_tx, &tracker, &shutdown);
     tracker.close();

@@ -30,6 +30,9 @@ struct Flags {
     /// Most probes in flight at once (lowered to fit the file descriptor limit).
     #[arg(long = "probe.concurrency", default_value_t = Options::default().max_in_flight)]
     concurrency: usize,
+    /// Most probes started per second, all targets together (0: unlimited).
+    #[arg(long = "probe.rate", default_value_t = Options::default().max_per_second)]
+    rate: u32,
     /// Only log messages at this level or above.
     #[arg(long = "log.level", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     log_level: String,
@@ -102,6 +105,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         tokio::spawn(stop_on_signal(shutdown.clone()));
         let options = Options {
             max_in_flight,
+            max_per_second: flags.rate,
             telemetry_path: flags.telemetry_path,
         };
         port_exporter::run(config, listener, options, shutdown).await?;

@@ -4,6 +4,8 @@
 //! in metric vectors: a row removed from the table can never linger as a stale series.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -165,7 +167,13 @@ const LAST_PROBE: Family = Family {
     kind: MetricType::GAUGE,
 };
 
-const FAMILIES: [&Family; 8] = [
+const TARGET_PORTS: Family = Family {
+    name: "port_target_ports",
+    help: "Ports of the target per address and state, counting range ports that have no series of their own.",
+    kind: MetricType::GAUGE,
+};
+
+const FAMILIES: [&Family; 9] = [
     &PORT_STATE,
     &PORT_STATE_REASON,
     &CONNECT_DURATION,
@@ -174,6 +182,7 @@ const FAMILIES: [&Family; 8] = [
     &CHANGES,
     &LAST_CHANGE,
     &LAST_PROBE,
+    &TARGET_PORTS,
 ];
 
 /// Renders the state table on every scrape.
@@ -209,13 +218,20 @@ impl Collector for TableCollector {
             changes,
             last_change,
             last_probe,
+            target_ports,
         ] = &mut series;
         for target in table.values() {
             let target_labels = target_labels(target);
             if let Some(took) = target.dns_lookup {
                 dns.push(gauge(target_labels.clone(), took.as_secs_f64()));
             }
+            // Rows are ordered by port, then address: count per address across all ports.
+            let mut counts: BTreeMap<Option<IpAddr>, [u64; State::ALL.len()]> = BTreeMap::new();
             for (key, row) in &target.rows {
+                counts.entry(key.ip).or_default()[row.outcome.state as usize] += 1;
+                if !target.info.shows(key.port, row) {
+                    continue;
+                }
                 let mut labels = target_labels.clone();
                 labels.push(label("port", key.port.to_string()));
                 labels.push(label(
@@ -239,6 +255,16 @@ impl Collector for TableCollector {
                 changes.push(counter(labels.clone(), row.changes as f64));
                 last_change.push(gauge(labels.clone(), unix_seconds(row.last_change)));
                 last_probe.push(gauge(labels, unix_seconds(outcome.at)));
+            }
+            for (ip, per_state) in counts {
+                let mut labels = target_labels.clone();
+                labels.push(label("ip", ip.map(|ip| ip.to_string()).unwrap_or_default()));
+                for s in State::ALL {
+                    target_ports.push(gauge(
+                        with(&labels, "state", s.as_str()),
+                        per_state[s as usize] as f64,
+                    ));
+                }
             }
         }
         FAMILIES

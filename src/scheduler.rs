@@ -21,8 +21,12 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Target};
 use crate::metrics::ProbeMetrics;
+use crate::pacer::Pacer;
 use crate::probe::{Outcome, Probe};
 use crate::state::{RowKey, StateTable};
+
+/// Starts allowed at once after idle: well below the kernel's loopback backlog of 1000.
+const PACER_BURST: u32 = 64;
 
 /// What every target loop shares.
 struct Shared<P> {
@@ -31,6 +35,8 @@ struct Shared<P> {
     metrics: ProbeMetrics,
     /// The global cap on probes in flight.
     slots: Arc<Semaphore>,
+    /// The global pace of connection attempts.
+    pacer: Pacer,
 }
 
 /// Flips `ready` once every target has finished its first round.
@@ -54,6 +60,8 @@ pub struct Scheduler<P> {
     pub metrics: ProbeMetrics,
     /// The global cap on probes in flight.
     pub max_in_flight: usize,
+    /// The most probes started per second (0: unlimited).
+    pub max_per_second: u32,
 }
 
 impl<P: Probe> Scheduler<P> {
@@ -72,6 +80,7 @@ impl<P: Probe> Scheduler<P> {
             table: self.table,
             metrics: self.metrics,
             slots: Arc::new(Semaphore::new(self.max_in_flight.max(1))),
+            pacer: Pacer::new(self.max_per_second, PACER_BURST),
         });
         if config.targets.is_empty() {
             ready.send_replace(true);
@@ -131,36 +140,46 @@ async fn run_round<P: Probe>(shared: &Arc<Shared<P>>, target: &Arc<Target>, sche
         return;
     };
     let mut probes = JoinSet::new();
-    for &port in &target.ports {
-        for &ip in &addresses {
-            let slot = shared
-                .slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("the semaphore is never closed");
-            shared
-                .metrics
-                .start_lateness
-                .observe(scheduled.elapsed().as_secs_f64());
-            let shared = shared.clone();
-            let target = target.clone();
-            probes.spawn(async move {
-                let _slot = slot;
-                shared.metrics.in_flight.inc();
-                let addr = SocketAddr::new(ip, port);
-                let outcome = shared
-                    .probe
-                    .probe(addr, target.timeout, target.retries)
-                    .await;
-                shared.metrics.in_flight.dec();
-                shared.metrics.count_probe(outcome.state);
-                let key = RowKey { port, ip: Some(ip) };
-                shared.table.record(&target.name, key, outcome);
-            });
-            // Reap finished probes as we go so a large range does not pile up finished tasks.
-            while probes.try_join_next().is_some() {}
-        }
+    let pairs = (0..target.ports.len() * addresses.len()).map(|i| {
+        (
+            target.ports[i / addresses.len()],
+            addresses[i % addresses.len()],
+        )
+    });
+    for (position, (port, ip)) in pairs.enumerate() {
+        // A slot first, then the pacer: connects leave spaced even when slots free up at once.
+        let slot = shared
+            .slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("the semaphore is never closed");
+        shared.pacer.wait().await;
+        // The plan for this probe: the round's start plus its place in the paced sequence.
+        let planned =
+            scheduled + shared.pacer.period() * u32::try_from(position).unwrap_or(u32::MAX);
+        shared.metrics.start_lateness.observe(
+            Instant::now()
+                .saturating_duration_since(planned)
+                .as_secs_f64(),
+        );
+        let shared = shared.clone();
+        let target = target.clone();
+        probes.spawn(async move {
+            let _slot = slot;
+            shared.metrics.in_flight.inc();
+            let addr = SocketAddr::new(ip, port);
+            let outcome = shared
+                .probe
+                .probe(addr, target.timeout, target.retries)
+                .await;
+            shared.metrics.in_flight.dec();
+            shared.metrics.count_probe(outcome.state);
+            let key = RowKey { port, ip: Some(ip) };
+            shared.table.record(&target.name, key, outcome);
+        });
+        // Reap finished probes as we go so a large range does not pile up finished tasks.
+        while probes.try_join_next().is_some() {}
     }
     while probes.join_next().await.is_some() {}
 }
@@ -252,6 +271,7 @@ mod tests {
             table: table.clone(),
             metrics: metrics.probes.clone(),
             max_in_flight,
+            max_per_second: 0,
         };
         scheduler.spawn(
             &config,

@@ -10,7 +10,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{Expect, Target};
-use crate::probe::Outcome;
+use crate::probe::{Outcome, State};
 
 /// What the table knows about a target apart from its rows: the labels of its series.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -19,6 +19,20 @@ pub struct TargetInfo {
     pub host: String,
     pub expect: Expect,
     pub labels: Vec<(String, String)>,
+    /// Ports listed one by one, sorted: their series always exist.
+    pub listed: Vec<u16>,
+}
+
+impl TargetInfo {
+    /// Whether the row's per-port series are rendered. A port that came from a range is shown
+    /// only while it is open or breaks the expectation, so that a whole range costs series
+    /// only for what matters; its row (and state history) stays in the table regardless.
+    pub fn shows(&self, port: u16, row: &Row) -> bool {
+        let state = row.outcome.state;
+        self.listed.binary_search(&port).is_ok()
+            || state == State::Open
+            || self.expect.is_broken_by(state) == Some(true)
+    }
 }
 
 impl From<&Target> for TargetInfo {
@@ -28,6 +42,7 @@ impl From<&Target> for TargetInfo {
             host: target.host.clone(),
             expect: target.expect,
             labels: target.labels.clone(),
+            listed: target.listed.clone(),
         }
     }
 }
@@ -143,7 +158,7 @@ impl StateTable {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::probe::{Reason, State};
+    use crate::probe::Reason;
 
     fn outcome(state: State, secs: u64) -> Outcome {
         Outcome {
@@ -181,6 +196,29 @@ mod tests {
             (2, outcome(State::Open, 40).at)
         );
         assert_eq!(row.outcome.at, outcome(State::Open, 40).at);
+    }
+
+    #[test]
+    fn range_ports_show_only_when_open_or_unexpected() {
+        let config =
+            config("[[targets]]\nhost = \"h\"\nports = [5, \"10-12\"]\nexpect = \"filtered\"");
+        let info = TargetInfo::from(&config.targets[0]);
+        let row = |state| Row {
+            outcome: outcome(state, 1),
+            changes: 0,
+            last_change: SystemTime::UNIX_EPOCH,
+        };
+        assert!(info.shows(5, &row(State::Filtered)), "listed: always");
+        assert!(
+            !info.shows(10, &row(State::Filtered)),
+            "range, expected state"
+        );
+        assert!(info.shows(10, &row(State::Open)), "range, open");
+        assert!(info.shows(11, &row(State::Closed)), "range, unexpected");
+        assert!(
+            !info.shows(12, &row(State::Error)),
+            "range, error breaks nothing"
+        );
     }
 
     #[test]

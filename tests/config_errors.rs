@@ -34,6 +34,11 @@ const CASES: &[(&str, &str)] = &[
         "duplicate_name",
         "7:8: duplicate target name \"web\": names must be unique",
     ),
+    ("exclude_everything", "4:11: exclude removes every port"),
+    (
+        "exclude_not_in_ports",
+        "4:16: exclude: port 200 is not in ports (or excluded twice)",
+    ),
     ("empty_host", "2:8: host must not be empty"),
     ("empty_name", "2:8: target name must not be empty"),
     ("empty_ports", "3:9: ports must list at least one port"),
@@ -95,7 +100,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "unknown_field",
-        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `expect`, `labels`, `interval`, `timeout`, `retries`",
+        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`",
     ),
     (
         "unknown_section",
@@ -122,7 +127,8 @@ fn every_fixture_has_a_case_and_every_case_a_fixture() {
         })
         .collect();
     on_disk.sort();
-    let listed: Vec<String> = CASES.iter().map(|(name, _)| name.to_string()).collect();
+    let mut listed: Vec<String> = CASES.iter().map(|(name, _)| name.to_string()).collect();
+    listed.sort();
     assert_eq!(on_disk, listed);
 }
 

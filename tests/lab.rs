@@ -6,198 +6,10 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::net::{SocketAddr, TcpListener};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::netns::*;
 use common::*;
-
-const EXPORTER: &str = env!("CARGO_BIN_EXE_port_exporter");
-const EXPORTER_ADDR: &str = "127.0.0.1:9799";
-const PROMETHEUS_ADDR: &str = "127.0.0.1:9090";
-
-/// Returns false (after printing SKIPPED, or panicking under CI=true) when the lab cannot run.
-fn lab_available() -> bool {
-    if !nix::unistd::geteuid().is_root() {
-        return !skip("lab tests need root to create network namespaces");
-    }
-    for tool in [
-        "ip",
-        "iptables",
-        "ip6tables",
-        "nmap",
-        "prometheus",
-        "promtool",
-    ] {
-        if !have(tool) {
-            return !skip(&format!("lab tests need {tool} on PATH"));
-        }
-    }
-    true
-}
-
-/// A network namespace of our own, removed with everything in it on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn create(tag: &str) -> Netns {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        let name = format!(
-            "pe-{tag}-{}-{}",
-            std::process::id(),
-            NEXT.fetch_add(1, Ordering::Relaxed)
-        );
-        run_ok(Command::new("ip").args(["netns", "add", &name]));
-        let ns = Netns { name };
-        ns.run(&["ip", "link", "set", "lo", "up"]);
-        // Name resolution inside the namespace: our hosts file, and a resolver on loopback
-        // where nothing listens, so a lookup that misses the file fails at once and no DNS
-        // query leaves the namespace.
-        let etc = ns.etc();
-        fs::create_dir_all(&etc).unwrap();
-        fs::write(etc.join("resolv.conf"), "nameserver 127.0.0.1\n").unwrap();
-        fs::write(
-            etc.join("hosts"),
-            "127.0.0.1 localhost\n::1 localhost\n127.0.0.1 dual.lab\n::1 dual.lab\n",
-        )
-        .unwrap();
-        ns
-    }
-
-    fn etc(&self) -> PathBuf {
-        Path::new("/etc/netns").join(&self.name)
-    }
-
-    /// A command that runs inside the namespace.
-    fn command(&self, argv: &[&str]) -> Command {
-        let mut command = Command::new("ip");
-        command.args(["netns", "exec", &self.name]).args(argv);
-        command
-    }
-
-    /// Runs `argv` inside the namespace; panics unless it succeeds. Returns stdout.
-    fn run(&self, argv: &[&str]) -> String {
-        run_ok(&mut self.command(argv))
-    }
-
-    /// Runs `f` on a thread that has entered the namespace: sockets it creates live there.
-    fn enter<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = Path::new("/run/netns").join(&self.name);
-        std::thread::spawn(move || {
-            let file = fs::File::open(&path).expect("namespace file");
-            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("namespace thread")
-    }
-
-    /// Listeners on 127.0.0.1 and ::1 inside the namespace that accept and drop connections
-    /// until the test process ends.
-    fn listen(&self, port: u16) {
-        let listeners: Vec<TcpListener> = self.enter(move || {
-            ["127.0.0.1", "[::1]"]
-                .iter()
-                .map(|ip| TcpListener::bind(format!("{ip}:{port}")).expect("bind in namespace"))
-                .collect()
-        });
-        for listener in listeners {
-            std::thread::spawn(move || {
-                for connection in listener.incoming() {
-                    drop(connection);
-                }
-            });
-        }
-    }
-
-    /// A blocking GET from inside the namespace.
-    fn get(&self, addr: &str, path: &str) -> Response {
-        self.try_get(addr, path).expect("GET inside the namespace")
-    }
-
-    fn try_get(&self, addr: &str, path: &str) -> std::io::Result<Response> {
-        let addr: SocketAddr = addr.parse().unwrap();
-        let path = path.to_string();
-        self.enter(move || try_http(addr, "GET", &path, &[]))
-    }
-
-    /// Starts a long-running process inside the namespace, killed on drop.
-    fn spawn(&self, argv: &[&str], log: &Path) -> Process {
-        let log_file = fs::File::create(log).unwrap();
-        let child = self
-            .command(argv)
-            .stdout(log_file.try_clone().unwrap())
-            .stderr(log_file)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("spawn in namespace");
-        Process {
-            child,
-            log: log.to_path_buf(),
-        }
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip")
-            .args(["netns", "del", &self.name])
-            .status();
-        let _ = fs::remove_dir_all(self.etc());
-    }
-}
-
-/// A child process killed (and reaped) on drop.
-struct Process {
-    child: Child,
-    log: PathBuf,
-}
-
-impl Process {
-    fn log(&self) -> String {
-        fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn run_ok(command: &mut Command) -> String {
-    let out = command.output().expect("command runs");
-    assert!(
-        out.status.success(),
-        "{command:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
-}
-
-/// Waits until the exporter in `ns` is ready; shows its log if it never is.
-fn wait_exporter_ready(ns: &Netns, exporter: &Process, limit: Duration) {
-    let deadline = Instant::now() + limit;
-    loop {
-        let ready = ns.try_get(EXPORTER_ADDR, "/-/ready");
-        if ready.is_ok_and(|r| r.status == 200) {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "exporter not ready within {limit:?}; log:\n{}",
-            exporter.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
 
 /// nmap's verdict per port: `nmap -sT -Pn -n --reason` on `ip` inside the namespace, with the
 /// exporter's budget (2 s per attempt, one retry). nmap's default on loopback waits far less
@@ -331,19 +143,16 @@ fn exporter_matches_nmap_and_prometheus_scrapes_it() {
         ns.run(&[&["ip6tables"][..], &base, v6].concat());
     }
     ns.run(&["ip", "route", "add", "unreachable", "198.18.200.0/24"]);
-    ns.listen(OPEN);
-    ns.listen(RESET); // the tcp-reset rule answers before this listener can
+    let _open = ns.listen(OPEN);
+    let _reset = ns.listen(RESET); // the tcp-reset rule answers before this listener can
 
     let ports = LAB_PORTS
         .iter()
         .map(u16::to_string)
         .collect::<Vec<_>>()
         .join(", ");
-    let config = dir.path().join("lab.toml");
-    fs::write(
-        &config,
-        format!(
-            r#"
+    let config = format!(
+        r#"
             [defaults]
             interval = "5s"
             timeout = "2s"
@@ -366,20 +175,8 @@ fn exporter_matches_nmap_and_prometheus_scrapes_it() {
             host = "no-such-host.lab"
             ports = [80, 443]
             "#
-        ),
-    )
-    .unwrap();
-    let exporter = ns.spawn(
-        &[
-            EXPORTER,
-            "--config.file",
-            config.to_str().unwrap(),
-            "--web.listen-address",
-            EXPORTER_ADDR,
-        ],
-        &dir.path().join("exporter.log"),
     );
-    wait_exporter_ready(&ns, &exporter, Duration::from_secs(30));
+    let exporter = start_exporter_in(&ns, dir.path(), &config, Duration::from_secs(30));
     let scrape = ns.get(EXPORTER_ADDR, "/metrics").text();
     let samples = parse_samples(&scrape);
 
@@ -451,25 +248,7 @@ fn exporter_matches_nmap_and_prometheus_scrapes_it() {
     promtool_check_metrics(&scrape).expect("promtool check metrics passes on the lab scrape");
 
     // A real Prometheus scrapes the exporter and answers PromQL over port_state.
-    let prometheus_config = dir.path().join("prometheus.yml");
-    fs::write(
-        &prometheus_config,
-        format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\nscrape_configs:\n  - job_name: port_exporter\n    static_configs:\n      - targets: ['{EXPORTER_ADDR}']\n"
-        ),
-    )
-    .unwrap();
-    run_ok(Command::new("promtool").args(["check", "config", prometheus_config.to_str().unwrap()]));
-    let storage = dir.path().join("tsdb");
-    let prometheus = ns.spawn(
-        &[
-            "prometheus",
-            &format!("--config.file={}", prometheus_config.display()),
-            &format!("--storage.tsdb.path={}", storage.display()),
-            &format!("--web.listen-address={PROMETHEUS_ADDR}"),
-        ],
-        &dir.path().join("prometheus.log"),
-    );
+    let prometheus = start_prometheus_in(&ns, dir.path(), &[]);
     let ours: BTreeMap<(String, String, String), String> = samples
         .iter()
         .filter(|s| s.name == "port_state" && s.value == 1.0)
@@ -484,27 +263,12 @@ fn exporter_matches_nmap_and_prometheus_scrapes_it() {
             )
         })
         .collect();
-    let query = "/api/v1/query?query=port_state%20%3D%3D%201";
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let theirs = loop {
-        if let Ok(answer) = ns.try_get(PROMETHEUS_ADDR, query) {
-            let json: serde_json::Value = serde_json::from_str(&answer.text()).unwrap_or_default();
-            let series = json["data"]["result"]
-                .as_array()
-                .cloned()
-                .unwrap_or_default();
-            if series.len() >= ours.len() {
-                break series;
-            }
-        }
-        assert!(
-            Instant::now() < deadline,
-            "Prometheus never returned {} series; log:\n{}",
-            ours.len(),
-            prometheus.log()
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let theirs = wait_for(
+        "all port_state series in Prometheus",
+        Duration::from_secs(60),
+        &prometheus,
+        || prometheus_query(&ns, "port_state == 1").filter(|series| series.len() >= ours.len()),
+    );
     let theirs: BTreeMap<(String, String, String), String> = theirs
         .iter()
         .map(|s| {
@@ -520,14 +284,8 @@ fn exporter_matches_nmap_and_prometheus_scrapes_it() {
         theirs, ours,
         "Prometheus sees the states the exporter exposes"
     );
-    let by_state = ns.get(
-        PROMETHEUS_ADDR,
-        "/api/v1/query?query=sum%20by%20(state)%20(port_state%7Btarget%3D%22lab%22%7D)",
-    );
-    let json: serde_json::Value = serde_json::from_str(&by_state.text()).unwrap();
-    let counts: BTreeMap<String, String> = json["data"]["result"]
-        .as_array()
-        .unwrap()
+    let by_state = prometheus_query(&ns, r#"sum by (state) (port_state{target="lab"})"#).unwrap();
+    let counts: BTreeMap<String, String> = by_state
         .iter()
         .map(|s| {
             (
@@ -566,23 +324,12 @@ fn a_socket_connected_to_itself_is_not_an_open_port() {
         "-w",
         "net.ipv4.ip_local_port_range=40000 40000",
     ]);
-    let config = dir.path().join("self.toml");
-    fs::write(
-        &config,
+    let _exporter = start_exporter_in(
+        &ns,
+        dir.path(),
         "[[targets]]\nname = \"self\"\nhost = \"127.0.0.1\"\nports = [40000]\ntimeout = \"1s\"\nretries = 1\n",
-    )
-    .unwrap();
-    let exporter = ns.spawn(
-        &[
-            EXPORTER,
-            "--config.file",
-            config.to_str().unwrap(),
-            "--web.listen-address",
-            EXPORTER_ADDR,
-        ],
-        &dir.path().join("exporter.log"),
+        Duration::from_secs(20),
     );
-    wait_exporter_ready(&ns, &exporter, Duration::from_secs(20));
     let samples = parse_samples(&ns.get(EXPORTER_ADDR, "/metrics").text());
     let labels = [("target", "self"), ("port", "40000")];
     assert_eq!(state_of(&samples, &labels), "closed");
@@ -590,4 +337,315 @@ fn a_socket_connected_to_itself_is_not_an_open_port() {
         find(&samples, "port_state_reason", &labels)[0].labels["reason"],
         "self-connect"
     );
+}
+
+/// nmap's full-range verdict on 127.0.0.1: the ports it lists, and its count per state for the
+/// ones it folds into `<extraports>`.
+fn nmap_full_range(ns: &Netns) -> (BTreeMap<u16, String>, BTreeMap<String, usize>, Duration) {
+    let started = Instant::now();
+    let xml = ns.run(&[
+        "nmap",
+        "-sT",
+        "-Pn",
+        "-n",
+        "-T4",
+        "-p-",
+        "-oX",
+        "-",
+        "127.0.0.1",
+    ]);
+    let took = started.elapsed();
+    let attribute = |element: &str, name: &str| -> String {
+        let start = element.find(&format!("{name}=\"")).expect(name) + name.len() + 2;
+        element[start..].split('"').next().unwrap().to_string()
+    };
+    let listed = xml
+        .split("<port protocol=\"tcp\" ")
+        .skip(1)
+        .map(|element| {
+            let state_element = &element[element.find("<state ").unwrap()..];
+            (
+                attribute(element, "portid").parse().unwrap(),
+                attribute(state_element, "state"),
+            )
+        })
+        .collect();
+    let folded = xml
+        .split("<extraports ")
+        .skip(1)
+        .map(|element| {
+            (
+                attribute(element, "state"),
+                attribute(element, "count").parse().unwrap(),
+            )
+        })
+        .collect();
+    (listed, folded, took)
+}
+
+#[test]
+fn a_full_port_range_agrees_with_nmap_and_exports_only_what_matters() {
+    if !lab_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("range");
+    // Open ports below, inside and at the top of the ephemeral range; one dropped port.
+    let open_ports = [22, 8080, 40001, 65535];
+    let _listeners: Vec<Listening> = open_ports.iter().map(|&p| ns.listen(p)).collect();
+    ns.run(&[
+        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", "9999", "-j", "DROP",
+    ]);
+    let started = Instant::now();
+    let _exporter = start_exporter_in(
+        &ns,
+        dir.path(),
+        r#"
+        [[targets]]
+        name = "range"
+        host = "127.0.0.1"
+        ports = ["1-65535"]
+        exclude = [9000]
+        expect = "closed"
+        interval = "5m"
+        "#,
+        Duration::from_secs(120),
+    );
+    let our_round = started.elapsed();
+    let samples = parse_samples(&ns.get(EXPORTER_ADDR, "/metrics").text());
+    let (nmap_listed, nmap_folded, nmap_took) = nmap_full_range(&ns);
+    println!(
+        "full range: exporter first round within {our_round:?}, nmap -sT -p- -T4 {nmap_took:?}"
+    );
+
+    // Per-port series: only the open ports and the one breaking "closed" (the dropped one).
+    let mut shown: BTreeMap<u16, String> = BTreeMap::new();
+    for sample in find(&samples, "port_state", &[("target", "range")]) {
+        if sample.value == 1.0 {
+            shown.insert(
+                sample.labels["port"].parse().unwrap(),
+                sample.labels["state"].clone(),
+            );
+        }
+    }
+    // The exporter's own listener is open too.
+    let mut expected_shown: BTreeMap<u16, String> = open_ports
+        .iter()
+        .chain(&[9799])
+        .map(|&p| (p, "open".to_string()))
+        .collect();
+    expected_shown.insert(9999, "filtered".to_string());
+    assert_eq!(shown, expected_shown);
+    assert_eq!(
+        find(&samples, "port_state", &[("target", "range")]).len(),
+        6 * 4
+    );
+
+    // nmap agrees port by port on what it lists, and on the count of what it folds (closed).
+    for (port, state) in &nmap_listed {
+        if *port == 9000 {
+            continue; // excluded from our target
+        }
+        assert_eq!(
+            shown.get(port),
+            Some(state),
+            "port {port}: nmap says {state}"
+        );
+    }
+    assert_eq!(
+        nmap_listed.len() + nmap_folded.values().sum::<usize>(),
+        65535
+    );
+    let count = |state: &str| {
+        value(
+            &samples,
+            "port_target_ports",
+            &[("target", "range"), ("ip", "127.0.0.1"), ("state", state)],
+        )
+    };
+    // Every port nmap did not list as open or filtered is closed, for both of us: no false
+    // filtered from SYN bursts.
+    let nmap_closed = nmap_folded.get("closed").copied().unwrap_or(0)
+        + nmap_listed.values().filter(|s| *s == "closed").count();
+    assert_eq!(
+        count("closed") as usize,
+        nmap_closed - 1,
+        "9000 is excluded"
+    );
+    assert_eq!(count("open"), 5.0);
+    assert_eq!(count("filtered"), 1.0);
+    assert_eq!(count("error"), 0.0);
+}
+
+/// Prometheus' active alerts (pending and firing) named `name`.
+fn active_alerts(ns: &Netns, name: &str) -> Option<Vec<serde_json::Value>> {
+    let answer = prometheus_api(ns, "/api/v1/alerts")?;
+    let alerts = answer["data"]["alerts"].as_array()?;
+    Some(
+        alerts
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == name)
+            .cloned()
+            .collect(),
+    )
+}
+
+#[test]
+fn shipped_alerts_fire_and_resolve_and_dashboard_queries_evaluate() {
+    if !lab_available() {
+        return;
+    }
+    const DB: u16 = 10101; // must not be open
+    const WEB: u16 = 10102; // must be open
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("alerts");
+    let _web = ns.listen(WEB);
+    let _exporter = start_exporter_in(
+        &ns,
+        dir.path(),
+        &format!(
+            r#"
+            [defaults]
+            interval = "1s"
+            timeout = "450ms"
+            retries = 1
+            [[targets]]
+            name = "db"
+            host = "127.0.0.1"
+            ports = [{DB}]
+            expect = "not_open"
+            [[targets]]
+            name = "web"
+            host = "127.0.0.1"
+            ports = [{WEB}]
+            expect = "open"
+            labels = {{ team = "web" }}
+            "#
+        ),
+        Duration::from_secs(20),
+    );
+    let rules: Vec<_> = std::fs::read_dir("deploy/prometheus/rules")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(rules.len(), 2, "the shipped alert and recording rules");
+    let prometheus = start_prometheus_in(&ns, dir.path(), &rules);
+    wait_for(
+        "both ports scraped",
+        Duration::from_secs(60),
+        &prometheus,
+        || prometheus_query(&ns, "port_state_unexpected == 0").filter(|r| r.len() == 2),
+    );
+    let port_alerts = |name| active_alerts(&ns, name).unwrap_or_default();
+    assert!(port_alerts("PortUnexpectedlyOpen").is_empty());
+    assert!(port_alerts("PortUnexpectedlyClosed").is_empty());
+
+    // An exposure: something starts listening on the port that must stay closed.
+    let db = ns.listen(DB);
+    let alert = wait_for(
+        "PortUnexpectedlyOpen firing",
+        Duration::from_secs(30),
+        &prometheus,
+        || {
+            port_alerts("PortUnexpectedlyOpen")
+                .into_iter()
+                .find(|a| a["state"] == "firing")
+        },
+    );
+    let labels = &alert["labels"];
+    let db_port = DB.to_string();
+    for (name, want) in [
+        ("target", "db"),
+        ("host", "127.0.0.1"),
+        ("port", db_port.as_str()),
+        ("ip", "127.0.0.1"),
+        ("state", "open"),
+        ("reason", "syn-ack"),
+        ("severity", "critical"),
+        ("job", "port_exporter"),
+    ] {
+        assert_eq!(labels[name], want, "label {name} of {alert}");
+    }
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&db_port) && summary.contains("127.0.0.1"),
+        "{summary}"
+    );
+    drop(db);
+    wait_for(
+        "PortUnexpectedlyOpen resolved",
+        Duration::from_secs(30),
+        &prometheus,
+        || port_alerts("PortUnexpectedlyOpen").is_empty().then_some(()),
+    );
+
+    // An outage: a firewall starts dropping the port that must be open.
+    let web_port = WEB.to_string();
+    let rule = [
+        "INPUT",
+        "-p",
+        "tcp",
+        "--dport",
+        web_port.as_str(),
+        "-j",
+        "DROP",
+    ];
+    ns.run(&[&["iptables", "-A"][..], &rule].concat());
+    let alert = wait_for(
+        "PortUnexpectedlyClosed active",
+        Duration::from_secs(30),
+        &prometheus,
+        || port_alerts("PortUnexpectedlyClosed").into_iter().next(),
+    );
+    let labels = &alert["labels"];
+    for (name, want) in [
+        ("target", "web"),
+        ("port", web_port.as_str()),
+        ("ip", "127.0.0.1"),
+        ("team", "web"),
+        ("severity", "critical"),
+    ] {
+        assert_eq!(labels[name], want, "label {name} of {alert}");
+    }
+    // Its `for` is 1m: active means pending here, with the state and reason in the text.
+    assert!(["pending", "firing"].contains(&alert["state"].as_str().unwrap()));
+    let description = alert["annotations"]["description"].as_str().unwrap();
+    assert!(
+        description.contains("filtered") && description.contains("no-response"),
+        "{description}"
+    );
+    ns.run(&[&["iptables", "-D"][..], &rule].concat());
+    wait_for(
+        "PortUnexpectedlyClosed resolved",
+        Duration::from_secs(30),
+        &prometheus,
+        || {
+            port_alerts("PortUnexpectedlyClosed")
+                .is_empty()
+                .then_some(())
+        },
+    );
+
+    // Every query of the Grafana dashboard evaluates against this Prometheus, and the ones
+    // over current state return data.
+    let queries = dashboard::dashboard_queries();
+    let mut with_data = Vec::new();
+    for (title, query) in &queries {
+        let result = prometheus_query(&ns, query)
+            .unwrap_or_else(|| panic!("panel {title:?}: Prometheus rejected {query}"));
+        if !result.is_empty() {
+            with_data.push(title.clone());
+        }
+    }
+    for title in [
+        "Port states",
+        "Open ports",
+        "Ports per state",
+        "Connect latency",
+    ] {
+        assert!(
+            with_data.iter().any(|t| t == title),
+            "panel {title:?} has no data: {with_data:?}"
+        );
+    }
 }

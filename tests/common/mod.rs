@@ -2,6 +2,9 @@
 //! for the text exposition format, and the SKIPPED-or-fail rule for missing tools.
 #![allow(dead_code)] // each test crate uses its own subset of these helpers
 
+pub mod dashboard;
+pub mod netns;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};

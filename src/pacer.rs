@@ -1,0 +1,98 @@
+//! Pacing of connection attempts: a rate with a small burst allowance (GCRA).
+//!
+//! Bursts of SYNs on loopback overflow the kernel's per-CPU backlog (`netdev_max_backlog`,
+//! 1000 by default) and come back as 1 s retransmits or false timeouts; spacing the connects
+//! keeps a full port range honest.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+/// Hands out start times no closer than `period`, allowing `burst` starts at once after idle.
+#[derive(Debug)]
+pub struct Pacer {
+    period: Duration,
+    burst_allowance: Duration,
+    /// The earliest start time the next caller may get.
+    next: Mutex<Option<Instant>>,
+}
+
+impl Pacer {
+    /// A pacer for `per_second` starts per second (0: unlimited) with bursts of `burst`.
+    pub fn new(per_second: u32, burst: u32) -> Pacer {
+        let period = if per_second == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs(1) / per_second
+        };
+        Pacer {
+            period,
+            burst_allowance: period * burst.saturating_sub(1),
+            next: Mutex::new(None),
+        }
+    }
+
+    /// The spacing between starts.
+    pub fn period(&self) -> Duration {
+        self.period
+    }
+
+    /// Waits until the caller may start.
+    pub async fn wait(&self) {
+        if self.period.is_zero() {
+            return;
+        }
+        let slot = {
+            let mut next = self.next.lock().unwrap_or_else(|e| e.into_inner());
+            let now = Instant::now();
+            let earliest = now.checked_sub(self.burst_allowance).unwrap_or(now);
+            let slot = next.map_or(earliest, |n| n.max(earliest));
+            *next = Some(slot + self.period);
+            slot
+        };
+        tokio::time::sleep_until(slot).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn starts_are_spaced_after_the_burst() {
+        let pacer = Pacer::new(1000, 4);
+        let begin = Instant::now();
+        let mut starts = Vec::new();
+        for _ in 0..10 {
+            pacer.wait().await;
+            starts.push(Instant::now() - begin);
+        }
+        // Four at once (the burst), then one per millisecond.
+        let ms: Vec<u128> = starts.iter().map(|d| d.as_millis()).collect();
+        assert_eq!(ms, [0, 0, 0, 0, 1, 2, 3, 4, 5, 6]);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn idle_time_refills_the_burst_but_not_more() {
+        let pacer = Pacer::new(100, 2);
+        pacer.wait().await;
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let begin = Instant::now();
+        for _ in 0..3 {
+            pacer.wait().await;
+        }
+        // Two at once, the third one period later: five idle seconds are not a 500-start burst.
+        assert_eq!(Instant::now() - begin, Duration::from_millis(10));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn zero_means_unlimited() {
+        let pacer = Pacer::new(0, 1);
+        let begin = Instant::now();
+        for _ in 0..1000 {
+            pacer.wait().await;
+        }
+        assert_eq!(Instant::now(), begin);
+    }
+}
