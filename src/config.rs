@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
@@ -76,6 +77,75 @@ impl Expect {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub targets: Vec<Target>,
+    /// Timeout and retries for `/probe` come from here.
+    pub defaults: Defaults,
+    /// Who `/probe` may connect to; empty: `/probe` is off.
+    pub probe_allow: AllowList,
+    /// The TOML text this was parsed from, shown at `/config`.
+    pub source: String,
+}
+
+/// The `[probe] allow` list: address ranges and host name patterns.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AllowList {
+    /// Networks as (address, prefix length).
+    pub networks: Vec<(IpAddr, u8)>,
+    /// Lower-case host name patterns; `*` matches any run of characters within the name.
+    pub names: Vec<String>,
+}
+
+impl AllowList {
+    /// Whether `/probe` is enabled at all.
+    pub fn is_empty(&self) -> bool {
+        self.networks.is_empty() && self.names.is_empty()
+    }
+
+    /// Whether `ip` lies in an allowed network.
+    pub fn allows_address(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.networks
+            .iter()
+            .any(|&(network, prefix)| in_network(ip, network, prefix))
+    }
+
+    /// Whether the host name matches an allowed pattern (case-insensitively).
+    pub fn allows_name(&self, name: &str) -> bool {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        self.names.iter().any(|pattern| glob_match(pattern, &name))
+    }
+}
+
+/// An IPv4-mapped IPv6 address (::ffff:a.b.c.d) is the IPv4 address it maps.
+fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    }
+}
+
+fn in_network(ip: IpAddr, network: IpAddr, prefix: u8) -> bool {
+    let (ip, network, width) = match (ip, network) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => (u128::from(u32::from(a)), u128::from(u32::from(n)), 32),
+        (IpAddr::V6(a), IpAddr::V6(n)) => (u128::from(a), u128::from(n), 128),
+        _ => return false,
+    };
+    let shift = width - u32::from(prefix);
+    shift >= width || (ip >> shift) == (network >> shift)
+}
+
+/// Matches `text` against `pattern`, where `*` stands for any run of characters but a dot.
+fn glob_match(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, tail)) => {
+            let Some(rest) = text.strip_prefix(head) else {
+                return false;
+            };
+            (0..=rest.len())
+                .take_while(|&i| !rest[..i].contains('.'))
+                .any(|i| glob_match(tail, &rest[i..]))
+        }
+    }
 }
 
 /// One host and the ports to probe on it.
@@ -145,8 +215,11 @@ impl Config {
         };
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| locate(e.span(), e.message().trim().to_string()))?;
-        raw.validate()
-            .map_err(|Invalid { span, message }| locate(Some(span), message))
+        let mut config = raw
+            .validate()
+            .map_err(|Invalid { span, message }| locate(Some(span), message))?;
+        config.source = text.to_string();
+        Ok(config)
     }
 }
 
@@ -178,6 +251,15 @@ struct RawConfig {
     defaults: RawDefaults,
     #[serde(default)]
     targets: Vec<Spanned<RawTarget>>,
+    #[serde(default)]
+    probe: RawProbe,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -261,7 +343,13 @@ impl RawConfig {
             }
             targets.push(target);
         }
-        Ok(Config { targets })
+        let probe_allow = validate_allow_list(&self.probe.allow)?;
+        Ok(Config {
+            targets,
+            defaults,
+            probe_allow,
+            source: String::new(),
+        })
     }
 }
 
@@ -330,15 +418,7 @@ fn validate_host(host: &Spanned<String>) -> Result<String, Invalid> {
     if text.parse::<std::net::IpAddr>().is_ok() {
         return Ok(text.to_string());
     }
-    let valid_name = text.len() <= 253
-        && text.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        });
-    if !valid_name {
+    if !valid_host_name(text) {
         return invalid(
             host.span(),
             format!("invalid host {text:?}: expected a DNS name, an IPv4 or an IPv6 address"),
@@ -348,6 +428,19 @@ fn validate_host(host: &Spanned<String>) -> Result<String, Invalid> {
 }
 
 /// Expands `ports` less `exclude` into the sorted port list, and the ports listed one by one.
+/// Whether `text` is a well-formed DNS name: dot-separated labels of letters, digits, `-` and
+/// `_`, each 1 to 63 characters, 253 in all.
+pub fn valid_host_name(text: &str) -> bool {
+    text.len() <= 253
+        && text.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
 fn validate_ports(
     ports: &Spanned<Vec<Spanned<RawPorts>>>,
     exclude: Option<&Spanned<Vec<Spanned<RawPorts>>>>,
@@ -429,6 +522,47 @@ fn parse_port_entry(entry: &Spanned<RawPorts>) -> Result<(u16, u16), Invalid> {
             Ok((lo, hi))
         }
     }
+}
+
+fn validate_allow_list(entries: &[Spanned<String>]) -> Result<AllowList, Invalid> {
+    let mut allow = AllowList::default();
+    for entry in entries {
+        let text = entry.get_ref().trim();
+        let (address, prefix) = match text.split_once('/') {
+            Some((address, prefix)) => (address, Some(prefix)),
+            None => (text, None),
+        };
+        if let Ok(ip) = address.parse::<IpAddr>() {
+            let width = if ip.is_ipv4() { 32 } else { 128 };
+            let prefix = match prefix.map(str::parse::<u8>) {
+                None => width,
+                Some(Ok(p)) if p <= width => p,
+                Some(_) => {
+                    return invalid(
+                        entry.span(),
+                        format!("invalid network {text:?}: the prefix length must be 0 to {width}"),
+                    );
+                }
+            };
+            allow.networks.push((canonical(ip), prefix));
+            continue;
+        }
+        let valid_pattern = prefix.is_none()
+            && !text.is_empty()
+            && text
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_' | '*'));
+        if !valid_pattern {
+            return invalid(
+                entry.span(),
+                format!(
+                    "invalid allow entry {text:?}: expected an address, a network such as \"10.0.0.0/8\", or a host name pattern such as \"*.example.org\""
+                ),
+            );
+        }
+        allow.names.push(text.to_ascii_lowercase());
+    }
+    Ok(allow)
 }
 
 fn validate_labels(
@@ -662,6 +796,57 @@ mod tests {
         for (expect, state, broken) in table {
             assert_eq!(expect.is_broken_by(state), broken, "{expect:?} {state:?}");
         }
+    }
+
+    #[test]
+    fn the_probe_allow_list_matches_networks_and_name_patterns() {
+        let text = r#"
+            [probe]
+            allow = ["127.0.0.0/8", "::1", "10.1.2.3", "*.example.org", "db-*.internal", "exact.host"]
+        "#;
+        let allow = Config::parse(text, "t").unwrap().probe_allow;
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        for yes in [
+            "127.0.0.1",
+            "127.255.0.9",
+            "::1",
+            "10.1.2.3",
+            "::ffff:127.0.0.1",
+        ] {
+            assert!(allow.allows_address(ip(yes)), "{yes}");
+        }
+        for no in [
+            "128.0.0.1",
+            "10.1.2.4",
+            "::2",
+            "169.254.169.254",
+            "::ffff:10.1.2.4",
+        ] {
+            assert!(!allow.allows_address(ip(no)), "{no}");
+        }
+        for yes in [
+            "www.example.org",
+            "WWW.Example.org.",
+            "db-1.internal",
+            "exact.host",
+        ] {
+            assert!(allow.allows_name(yes), "{yes}");
+        }
+        for no in [
+            "example.org",
+            "a.b.example.org",
+            "evil.org",
+            "db-1.internal.evil",
+            "exact.host.evil",
+            "xexact.host",
+        ] {
+            assert!(!allow.allows_name(no), "{no}");
+        }
+        assert!(Config::parse("", "t").unwrap().probe_allow.is_empty());
+        let all = Config::parse("[probe]\nallow = [\"0.0.0.0/0\"]", "t")
+            .unwrap()
+            .probe_allow;
+        assert!(all.allows_address(ip("8.8.8.8")) && !all.allows_address(ip("::1")));
     }
 
     #[test]

@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::io::Write;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use flate2::Compression;
@@ -14,21 +14,34 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, TEXT_CONTENT_TYPE};
+use crate::on_demand::{self, ProbeRequest, Refusal};
+use crate::probe::TcpProbe;
+use crate::reload::Reloader;
+use crate::state::StateTable;
+use crate::status::StatusPage;
+use crate::web_config::WebConfig;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Seconds between automatic reloads of the status page.
+const STATUS_REFRESH_SECONDS: u32 = 15;
 /// How long open connections get to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
 /// What the request handlers need.
 pub struct Web {
     pub metrics: Arc<Metrics>,
+    pub table: Arc<StateTable>,
+    /// The config in force, and reloads.
+    pub reloader: Arc<Reloader<TcpProbe>>,
+    /// TLS and basic auth (`--web.config.file`); `None` serves plain HTTP to everyone.
+    pub web_config: Option<WebConfig>,
     pub ready: watch::Receiver<bool>,
     /// Path of the metrics endpoint (`--web.telemetry-path`).
     pub telemetry_path: String,
@@ -36,7 +49,8 @@ pub struct Web {
 
 type Body = Full<Bytes>;
 
-/// Serves HTTP on `listener` until `shutdown` is cancelled, then lets open requests finish.
+/// Serves HTTP (or HTTPS, per the web config) on `listener` until `shutdown` is cancelled,
+/// then lets open requests finish.
 pub async fn serve(listener: TcpListener, web: Arc<Web>, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
     loop {
@@ -53,19 +67,27 @@ pub async fn serve(listener: TcpListener, web: Arc<Web>, shutdown: CancellationT
             () = shutdown.cancelled() => break,
         };
         let web = web.clone();
-        let connection = http1::Builder::new()
-            .timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .serve_connection(
-                TokioIo::new(stream),
-                service_fn(move |request| {
-                    let web = web.clone();
-                    async move { Ok::<_, Infallible>(handle(&web, request).await) }
-                }),
-            );
-        let connection = graceful.watch(connection);
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
-            if let Err(error) = connection.await {
+            let tls = web.web_config.as_ref().and_then(|c| c.tls()).cloned();
+            let result = match tls {
+                None => serve_connection(stream, web, watcher).await,
+                Some(tls) => {
+                    let handshake = tokio::time::timeout(HEADER_READ_TIMEOUT, tls.accept(stream));
+                    match handshake.await {
+                        Ok(Ok(stream)) => serve_connection(stream, web, watcher).await,
+                        Ok(Err(error)) => {
+                            tracing::debug!(%peer, %error, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_elapsed) => {
+                            tracing::debug!(%peer, "TLS handshake timed out");
+                            return;
+                        }
+                    }
+                }
+            };
+            if let Err(error) = result {
                 tracing::debug!(%peer, %error, "connection ended with an error");
             }
         });
@@ -79,22 +101,68 @@ pub async fn serve(listener: TcpListener, web: Arc<Web>, shutdown: CancellationT
     }
 }
 
+/// Serves one HTTP/1.1 connection over `io` (plain TCP or TLS) until it ends or shutdown.
+async fn serve_connection<I>(io: I, web: Arc<Web>, watcher: Watcher) -> hyper::Result<()>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let connection = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .serve_connection(
+            TokioIo::new(io),
+            service_fn(move |request| {
+                let web = web.clone();
+                async move { Ok::<_, Infallible>(handle(&web, request).await) }
+            }),
+        );
+    watcher.watch(connection).await
+}
+
 async fn handle<B>(web: &Web, request: Request<B>) -> Response<Body> {
-    let path = request.uri().path();
-    let known = path == web.telemetry_path || ["/", "/-/healthy", "/-/ready"].contains(&path);
-    if !known {
-        return text(StatusCode::NOT_FOUND, "404 page not found\n");
+    let authorized = web
+        .web_config
+        .as_ref()
+        .is_none_or(|c| c.authorized(request.headers().get(header::AUTHORIZATION)));
+    if !authorized {
+        let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+        response.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"port_exporter\""),
+        );
+        return response;
     }
-    if request.method() != Method::GET && request.method() != Method::HEAD {
+    let path = request.uri().path();
+    let read_only = path == web.telemetry_path
+        || ["/", "/-/healthy", "/-/ready", "/config", "/probe"].contains(&path);
+    let allowed_methods = match path {
+        "/-/reload" => "POST",
+        _ if read_only => "GET, HEAD",
+        _ => return text(StatusCode::NOT_FOUND, "404 page not found\n"),
+    };
+    let method_allowed = match allowed_methods {
+        "POST" => request.method() == Method::POST,
+        _ => request.method() == Method::GET || request.method() == Method::HEAD,
+    };
+    if !method_allowed {
         let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
         response
             .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            .insert(header::ALLOW, HeaderValue::from_static(allowed_methods));
         return response;
     }
     match path {
         p if p == web.telemetry_path => metrics(web, &request).await,
-        "/" => landing_page(web),
+        "/" => status_page(web, &request),
+        "/probe" => probe(web, &request).await,
+        "/config" => text(StatusCode::OK, web.reloader.current().source.clone()),
+        "/-/reload" => match web.reloader.reload() {
+            Ok(()) => text(StatusCode::OK, "config reloaded\n"),
+            Err(error) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("config reload failed, the running config stays: {error}\n"),
+            ),
+        },
         "/-/healthy" => text(StatusCode::OK, "port_exporter is healthy.\n"),
         _ if *web.ready.borrow() => text(StatusCode::OK, "port_exporter is ready.\n"),
         _ => text(
@@ -102,6 +170,55 @@ async fn handle<B>(web: &Web, request: Request<B>) -> Response<Body> {
             "port_exporter is not ready: the first round of probes is still running.\n",
         ),
     }
+}
+
+/// `/probe?target=host:port`: 400 for a bad request, 403 outside the allow list.
+async fn probe<B>(web: &Web, request: &Request<B>) -> Response<Body> {
+    let Some(params) = query_params(request.uri().query()) else {
+        return text(StatusCode::BAD_REQUEST, "malformed query string\n");
+    };
+    let probe_request = match ProbeRequest::parse(&params) {
+        Ok(probe_request) => probe_request,
+        Err(refusal) => return refused(&refusal),
+    };
+    let scrape_timeout = request
+        .headers()
+        .get("X-Prometheus-Scrape-Timeout-Seconds")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+        .filter(|d| !d.is_zero());
+    let config = web.reloader.current();
+    let debug = probe_request.debug;
+    let report = match on_demand::probe(&TcpProbe, &config, probe_request, scrape_timeout).await {
+        Ok(report) => report,
+        Err(refusal) => return refused(&refusal),
+    };
+    if debug {
+        return text(StatusCode::OK, report.debug_text());
+    }
+    match report.render() {
+        Ok(body) => {
+            let mut response = Response::new(Full::new(Bytes::from(body)));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(TEXT_CONTENT_TYPE),
+            );
+            response
+        }
+        Err(error) => text(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("rendering the probe failed: {error}\n"),
+        ),
+    }
+}
+
+fn refused(refusal: &Refusal) -> Response<Body> {
+    let status = match refusal {
+        Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
+        Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+    };
+    text(status, format!("{refusal}\n"))
 }
 
 async fn metrics<B>(web: &Web, request: &Request<B>) -> Response<Body> {
@@ -157,25 +274,13 @@ fn gzip_bytes(data: &[u8]) -> Vec<u8> {
         .expect("writing to a Vec cannot fail")
 }
 
-fn landing_page(web: &Web) -> Response<Body> {
-    let page = format!(
-        r#"<!DOCTYPE html>
-<html lang="en">
-<head><meta charset="utf-8"><title>port_exporter</title></head>
-<body>
-<h1>port_exporter</h1>
-<p>Prometheus exporter of TCP port states: open, closed, filtered. Version {version}.</p>
-<ul>
-<li><a href="{metrics}">Metrics</a></li>
-<li><a href="/-/healthy">Health</a></li>
-<li><a href="/-/ready">Readiness</a></li>
-</ul>
-</body>
-</html>
-"#,
-        version = env!("CARGO_PKG_VERSION"),
-        metrics = html_escape(&web.telemetry_path),
-    );
+fn status_page<B>(web: &Web, request: &Request<B>) -> Response<Body> {
+    let state_filter = query_param(request.uri().query(), "state");
+    let page = StatusPage {
+        telemetry_path: &web.telemetry_path,
+        refresh_seconds: STATUS_REFRESH_SECONDS,
+    }
+    .render(&web.table, SystemTime::now(), state_filter.as_deref());
     let mut response = Response::new(Full::new(Bytes::from(page)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -184,15 +289,47 @@ fn landing_page(web: &Web) -> Response<Body> {
     response
 }
 
-fn html_escape(text: &str) -> String {
-    text.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
-        .replace('"', "&quot;")
+/// The percent-decoded value of `name` in a query string.
+fn query_param(query: Option<&str>, name: &str) -> Option<String> {
+    query_params(query)?
+        .into_iter()
+        .find_map(|(key, value)| (key == name).then_some(value))
 }
 
-fn text(status: StatusCode, body: &'static str) -> Response<Body> {
-    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+/// Every (name, value) of a query string, percent-decoded; `None` if an escape is malformed.
+fn query_params(query: Option<&str>) -> Option<Vec<(String, String)>> {
+    query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|pair| !pair.is_empty())
+        .map(|pair| {
+            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
+            Some((percent_decode(key)?, percent_decode(value)?))
+        })
+        .collect()
+}
+
+/// Decodes `%XX` escapes and `+` (a space in query strings); `None` for a bad escape or UTF-8.
+fn percent_decode(text: &str) -> Option<String> {
+    let mut bytes = Vec::with_capacity(text.len());
+    let mut rest = text.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        rest = tail;
+        match b {
+            b'+' => bytes.push(b' '),
+            b'%' => {
+                let hex = std::str::from_utf8(rest.get(..2)?).ok()?;
+                bytes.push(u8::from_str_radix(hex, 16).ok()?);
+                rest = &rest[2..];
+            }
+            b => bytes.push(b),
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
+    let mut response = Response::new(Full::new(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,
@@ -204,6 +341,26 @@ fn text(status: StatusCode, body: &'static str) -> Response<Body> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn query_parameters_are_decoded() {
+        assert_eq!(
+            query_param(Some("state=open"), "state").as_deref(),
+            Some("open")
+        );
+        assert_eq!(
+            query_param(Some("a=1&state=cl%6Fsed"), "state").as_deref(),
+            Some("closed")
+        );
+        assert_eq!(
+            query_param(Some("target=a+b"), "target").as_deref(),
+            Some("a b")
+        );
+        assert_eq!(query_param(Some("state"), "state").as_deref(), Some(""));
+        assert_eq!(query_param(Some("state=%zz"), "state"), None);
+        assert_eq!(query_param(Some("other=1"), "state"), None);
+        assert_eq!(query_param(None, "state"), None);
+    }
 
     #[test]
     fn accept_encoding_parsing() {

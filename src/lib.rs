@@ -9,7 +9,10 @@
 //! - [`probe`]: one connect attempt and its classification into a state and a reason.
 //! - [`state`]: the state table, the single source of truth.
 //! - [`metrics`]: the table rendered as Prometheus metrics at scrape time, plus self-metrics.
-//! - [`http`]: `/metrics`, `/`, `/-/healthy`, `/-/ready`.
+//! - [`http`]: `/metrics`, the [`status`] page at `/`, `/-/healthy`, `/-/ready`, guarded by
+//!   [`web_config`] (TLS, basic auth).
+//! - [`reload`]: SIGHUP and `POST /-/reload`: validate, then diff the scheduler.
+//! - [`on_demand`]: `/probe?target=host:port` for Prometheus-driven probing, behind an allow list.
 //! - [`logging`], [`limits`]: process set-up for the binary.
 
 #![forbid(unsafe_code)]
@@ -19,14 +22,21 @@ pub mod http;
 pub mod limits;
 pub mod logging;
 pub mod metrics;
+pub mod on_demand;
 pub mod pacer;
 pub mod probe;
+pub mod reload;
 pub mod scheduler;
+pub mod shard;
 pub mod state;
+pub mod status;
+pub mod web_config;
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -34,11 +44,13 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::probe::TcpProbe;
-use crate::scheduler::Scheduler;
+use crate::reload::Reloader;
+use crate::scheduler::{Scheduler, SchedulerParts};
+use crate::shard::Shard;
 use crate::state::StateTable;
+use crate::web_config::WebConfig;
 
 /// Run-time settings that come from flags rather than the config file.
-#[derive(Clone, Debug)]
 pub struct Options {
     /// The global cap on probes in flight.
     pub max_in_flight: usize,
@@ -46,6 +58,14 @@ pub struct Options {
     pub max_per_second: u32,
     /// Path of the metrics endpoint.
     pub telemetry_path: String,
+    /// TLS and basic auth for every endpoint.
+    pub web_config: Option<WebConfig>,
+    /// The file reloads read; `None`: the embedded default.
+    pub config_file: Option<PathBuf>,
+    /// Whether SIGHUP reloads the config (the binary's choice; tests reload over HTTP).
+    pub reload_on_sighup: bool,
+    /// This replica's part of the config (`--shard.*`); `None`: all of it.
+    pub shard: Option<Shard>,
 }
 
 impl Default for Options {
@@ -54,6 +74,10 @@ impl Default for Options {
             max_in_flight: 512,
             max_per_second: 20_000,
             telemetry_path: "/metrics".to_string(),
+            web_config: None,
+            config_file: None,
+            reload_on_sighup: false,
+            shard: None,
         }
     }
 }
@@ -72,25 +96,62 @@ pub async fn run(
     options: Options,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
+    let config = match options.shard {
+        Some(shard) => shard.apply(config),
+        None => config,
+    };
     let table = Arc::new(StateTable::new());
     let metrics = Arc::new(Metrics::new(table.clone())?);
     let (ready_tx, ready) = watch::channel(false);
     let tracker = TaskTracker::new();
-    let scheduler = Scheduler {
+    let parts = SchedulerParts {
         probe: TcpProbe,
-        table,
+        table: table.clone(),
         metrics: metrics.probes.clone(),
         max_in_flight: options.max_in_flight,
         max_per_second: options.max_per_second,
     };
-    scheduler.spawn(&config, ready_tx, &tracker, &shutdown);
-    tracker.close();
+    let scheduler = Scheduler::start(parts, &config, ready_tx, &tracker, &shutdown);
+    let reloader = Arc::new(Reloader::new(
+        options.config_file,
+        options.shard,
+        config,
+        scheduler,
+        metrics.reloads.clone(),
+    ));
+    if options.reload_on_sighup {
+        tracker.spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
+    }
     let web = http::Web {
         metrics,
+        table,
+        reloader,
+        web_config: options.web_config,
         ready,
         telemetry_path: options.telemetry_path,
     };
     http::serve(listener, Arc::new(web), shutdown).await;
+    tracker.close();
     tracker.wait().await;
     Ok(())
+}
+
+async fn reload_on_sighup(reloader: Arc<Reloader<TcpProbe>>, shutdown: CancellationToken) {
+    let mut hangups = match signal(SignalKind::hangup()) {
+        Ok(hangups) => hangups,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen for SIGHUP; reload with POST /-/reload");
+            return;
+        }
+    };
+    while shutdown
+        .run_until_cancelled(hangups.recv())
+        .await
+        .flatten()
+        .is_some()
+    {
+        tracing::info!("SIGHUP: reloading the config");
+        // A failure is logged and counted by the reloader; the running config stays.
+        let _ = reloader.reload();
+    }
 }

@@ -7,6 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser;
 use port_exporter::config::Config;
+use port_exporter::shard::{Shard, ShardIndex};
+use port_exporter::web_config::WebConfig;
 use port_exporter::{Options, limits, logging};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -24,6 +26,9 @@ struct Flags {
     /// Address to listen on for HTTP; ":PORT" means every interface.
     #[arg(long = "web.listen-address", default_value = ":9799")]
     listen_address: String,
+    /// Web config file (YAML, the exporter-toolkit format): TLS and basic auth.
+    #[arg(long = "web.config.file", value_name = "PATH")]
+    web_config_file: Option<PathBuf>,
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", default_value = "/metrics")]
     telemetry_path: String,
@@ -33,6 +38,13 @@ struct Flags {
     /// Most probes started per second, all targets together (0: unlimited).
     #[arg(long = "probe.rate", default_value_t = Options::default().max_per_second)]
     rate: u32,
+    /// Split the targets' ports over this many replicas (by a stable hash of target and port).
+    #[arg(long = "shard.count", default_value_t = 1)]
+    shard_count: u32,
+    /// This replica's shard, 0 to count-1, or "hostname" for the host name's trailing number
+    /// (a StatefulSet pod's ordinal).
+    #[arg(long = "shard.index", default_value = "0")]
+    shard_index: ShardIndex,
     /// Only log messages at this level or above.
     #[arg(long = "log.level", default_value = "info", value_parser = ["debug", "info", "warn", "error"])]
     log_level: String,
@@ -87,6 +99,12 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         .config_file
         .as_ref()
         .map_or("embedded default".into(), |p| p.display().to_string());
+    let web_config = flags
+        .web_config_file
+        .as_deref()
+        .map(WebConfig::from_file)
+        .transpose()?;
+    let shard = shard(&flags)?;
     let max_in_flight = fit_concurrency(flags.concurrency);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     runtime.block_on(async {
@@ -107,11 +125,33 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             max_in_flight,
             max_per_second: flags.rate,
             telemetry_path: flags.telemetry_path,
+            web_config,
+            config_file: flags.config_file,
+            reload_on_sighup: true,
+            shard,
         };
         port_exporter::run(config, listener, options, shutdown).await?;
         tracing::info!("port_exporter stopped");
         Ok(())
     })
+}
+
+/// The `--shard.*` flags; `None` when there is one shard.
+fn shard(flags: &Flags) -> anyhow::Result<Option<Shard>> {
+    if flags.shard_count == 1 {
+        return Ok(None);
+    }
+    let hostname = nix::unistd::gethostname()
+        .map(|h| h.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let index = flags.shard_index.resolve(&hostname)?;
+    let shard = Shard::new(index, flags.shard_count)?;
+    tracing::info!(
+        index,
+        count = flags.shard_count,
+        "probing one shard of the config"
+    );
+    Ok(Some(shard))
 }
 
 /// Raises the fd limit and lowers `wanted` below it if needed, with a warning.

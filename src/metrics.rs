@@ -31,6 +31,25 @@ const LATENESS_BUCKETS: [f64; 12] = [
 pub struct Metrics {
     registry: Registry,
     pub probes: ProbeMetrics,
+    pub reloads: ReloadMetrics,
+}
+
+/// Self-metrics of config reloads.
+#[derive(Clone)]
+pub struct ReloadMetrics {
+    last_successful: IntGauge,
+    last_success_timestamp: prometheus::Gauge,
+}
+
+impl ReloadMetrics {
+    /// Records the outcome of loading the config (at start-up or on reload).
+    pub fn record(&self, successful: bool) {
+        self.last_successful.set(i64::from(successful));
+        if successful {
+            self.last_success_timestamp
+                .set(unix_seconds(SystemTime::now()));
+        }
+    }
 }
 
 /// Self-metrics the scheduler updates.
@@ -97,9 +116,23 @@ impl Metrics {
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        let reloads = ReloadMetrics {
+            last_successful: IntGauge::new(
+                "port_exporter_config_last_reload_successful",
+                "Whether the last config load (start-up or reload) succeeded.",
+            )?,
+            last_success_timestamp: prometheus::Gauge::new(
+                "port_exporter_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last successful config load.",
+            )?,
+        };
+        registry.register(Box::new(reloads.last_successful.clone()))?;
+        registry.register(Box::new(reloads.last_success_timestamp.clone()))?;
+        reloads.record(true);
 
         Ok(Metrics {
             registry,
+            reloads,
             probes: ProbeMetrics {
                 probes_total,
                 in_flight,

@@ -6,6 +6,7 @@
 //! then probes every (port, address) under one global concurrency cap; a silent port holds
 //! one slot, never the round of another target.
 
+use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
 use std::net::{IpAddr, SocketAddr};
@@ -54,7 +55,7 @@ impl FirstRounds {
 }
 
 /// The parts a scheduler works with.
-pub struct Scheduler<P> {
+pub struct SchedulerParts<P> {
     pub probe: P,
     pub table: Arc<StateTable>,
     pub metrics: ProbeMetrics,
@@ -64,23 +65,49 @@ pub struct Scheduler<P> {
     pub max_per_second: u32,
 }
 
+/// The running scheduler: one loop per target, which [`Scheduler::apply`] diffs against a new
+/// config instead of restarting.
+pub struct Scheduler<P> {
+    shared: Arc<Shared<P>>,
+    loops: HashMap<String, TargetLoop>,
+    tracker: TaskTracker,
+    shutdown: CancellationToken,
+    /// Every target's rounds are aligned to this instant plus its phase, so that a target whose
+    /// loop is restarted or updated keeps its place in the interval.
+    epoch: Instant,
+}
+
+/// Handle to one target's loop.
+struct TargetLoop {
+    updates: watch::Sender<Arc<Target>>,
+    stop: CancellationToken,
+}
+
+/// How a target loop starts.
+enum FirstRound {
+    /// At start-up: probe everything at once and report to the readiness countdown.
+    Startup(Arc<FirstRounds>),
+    /// Added by a reload: probe everything at once.
+    Added,
+}
+
 impl<P: Probe> Scheduler<P> {
     /// Starts one loop per target on `tracker`; they run until `shutdown` is cancelled.
     /// `ready` becomes true once every target has been probed once.
-    pub fn spawn(
-        self,
+    pub fn start(
+        parts: SchedulerParts<P>,
         config: &Config,
         ready: watch::Sender<bool>,
         tracker: &TaskTracker,
         shutdown: &CancellationToken,
-    ) {
-        self.table.set_targets(&config.targets);
+    ) -> Scheduler<P> {
+        parts.table.set_targets(&config.targets);
         let shared = Arc::new(Shared {
-            probe: self.probe,
-            table: self.table,
-            metrics: self.metrics,
-            slots: Arc::new(Semaphore::new(self.max_in_flight.max(1))),
-            pacer: Pacer::new(self.max_per_second, PACER_BURST),
+            probe: parts.probe,
+            table: parts.table,
+            metrics: parts.metrics,
+            slots: Arc::new(Semaphore::new(parts.max_in_flight.max(1))),
+            pacer: Pacer::new(parts.max_per_second, PACER_BURST),
         });
         if config.targets.is_empty() {
             ready.send_replace(true);
@@ -89,35 +116,119 @@ impl<P: Probe> Scheduler<P> {
             remaining: AtomicUsize::new(config.targets.len()),
             ready,
         });
+        let mut scheduler = Scheduler {
+            shared,
+            loops: HashMap::new(),
+            tracker: tracker.clone(),
+            shutdown: shutdown.clone(),
+            epoch: Instant::now(),
+        };
         for target in &config.targets {
-            let target = Arc::new(target.clone());
-            let shared = shared.clone();
-            let first_rounds = first_rounds.clone();
-            let shutdown = shutdown.clone();
-            tracker.spawn(async move {
-                shutdown
-                    .run_until_cancelled(run_target(shared, target, first_rounds))
-                    .await;
-            });
+            scheduler.spawn_loop(target, FirstRound::Startup(first_rounds.clone()));
         }
+        scheduler
+    }
+
+    /// Moves to `config` without a restart: loops of removed targets stop and their rows go;
+    /// changed targets get their new settings (new ports are probed at once, the others keep
+    /// their state and schedule); new targets start with a round at once.
+    pub fn apply(&mut self, config: &Config) {
+        self.shared.table.set_targets(&config.targets);
+        self.loops.retain(|name, target_loop| {
+            let kept = config.targets.iter().any(|t| &t.name == name);
+            if !kept {
+                target_loop.stop.cancel();
+            }
+            kept
+        });
+        for target in &config.targets {
+            match self.loops.get(&target.name) {
+                Some(target_loop) => {
+                    target_loop.updates.send_if_modified(|current| {
+                        let changed = **current != *target;
+                        if changed {
+                            *current = Arc::new(target.clone());
+                        }
+                        changed
+                    });
+                }
+                None => self.spawn_loop(target, FirstRound::Added),
+            }
+        }
+    }
+
+    fn spawn_loop(&mut self, target: &Target, first_round: FirstRound) {
+        let (updates, receiver) = watch::channel(Arc::new(target.clone()));
+        let stop = self.shutdown.child_token();
+        let shared = self.shared.clone();
+        let epoch = self.epoch;
+        let until = stop.clone();
+        self.tracker.spawn(async move {
+            until
+                .run_until_cancelled(run_target(shared, receiver, first_round, epoch))
+                .await;
+        });
+        self.loops
+            .insert(target.name.clone(), TargetLoop { updates, stop });
     }
 }
 
 async fn run_target<P: Probe>(
     shared: Arc<Shared<P>>,
-    target: Arc<Target>,
-    first_rounds: Arc<FirstRounds>,
+    mut updates: watch::Receiver<Arc<Target>>,
+    first_round: FirstRound,
+    epoch: Instant,
 ) {
-    let start = Instant::now();
-    run_round(&shared, &target, start).await;
-    first_rounds.one_done();
-    let mut ticks = tokio::time::interval_at(start + phase(&target), target.interval);
+    let mut target = updates.borrow_and_update().clone();
+    run_round(&shared, &target, &target.ports, Instant::now()).await;
+    if let FirstRound::Startup(first_rounds) = first_round {
+        first_rounds.one_done();
+    }
+    let mut ticks = ticker(&target, epoch);
+    loop {
+        tokio::select! {
+            scheduled = ticks.tick() => {
+                run_round(&shared, &target, &target.ports, scheduled).await;
+            }
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    return; // the scheduler is gone
+                }
+                let new = updates.borrow_and_update().clone();
+                if new.interval != target.interval {
+                    ticks = ticker(&new, epoch);
+                }
+                let added: Vec<u16> = new
+                    .ports
+                    .iter()
+                    .copied()
+                    .filter(|p| target.ports.binary_search(p).is_err())
+                    .collect();
+                target = new;
+                if !added.is_empty() {
+                    run_round(&shared, &target, &added, Instant::now()).await;
+                }
+            }
+        }
+    }
+}
+
+/// Ticks at `epoch + phase + k * interval`, starting with the first of those still ahead.
+fn ticker(target: &Target, epoch: Instant) -> tokio::time::Interval {
+    let first = epoch + phase(target);
+    let now = Instant::now();
+    let start = if first >= now {
+        first
+    } else {
+        let interval_ns = target.interval.as_nanos().max(1);
+        let behind = (now - first).as_nanos();
+        let periods = behind.div_ceil(interval_ns);
+        first + Duration::from_nanos(u64::try_from(periods * interval_ns).unwrap_or(u64::MAX))
+    };
+    let mut ticks = tokio::time::interval_at(start, target.interval);
     // A round that overran its interval is followed by the next at once, never by a burst.
     ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
-    loop {
-        let scheduled = ticks.tick().await;
-        run_round(&shared, &target, scheduled).await;
-    }
+    ticks
 }
 
 /// A stable offset in `[0, interval)` for the target, so that restarts keep the spread.
@@ -128,10 +239,16 @@ fn phase(target: &Target) -> Duration {
     Duration::from_nanos((u128::from(hasher.finish()) % interval_ns) as u64)
 }
 
-async fn run_round<P: Probe>(shared: &Arc<Shared<P>>, target: &Arc<Target>, scheduled: Instant) {
+/// Probes `ports` of `target` on every address its host resolves to.
+async fn run_round<P: Probe>(
+    shared: &Arc<Shared<P>>,
+    target: &Arc<Target>,
+    ports: &[u16],
+    scheduled: Instant,
+) {
     let Some(addresses) = resolve(shared, target).await else {
         let at = SystemTime::now();
-        for &port in &target.ports {
+        for &port in ports {
             let key = RowKey { port, ip: None };
             shared
                 .table
@@ -140,12 +257,8 @@ async fn run_round<P: Probe>(shared: &Arc<Shared<P>>, target: &Arc<Target>, sche
         return;
     };
     let mut probes = JoinSet::new();
-    let pairs = (0..target.ports.len() * addresses.len()).map(|i| {
-        (
-            target.ports[i / addresses.len()],
-            addresses[i % addresses.len()],
-        )
-    });
+    let pairs = (0..ports.len() * addresses.len())
+        .map(|i| (ports[i / addresses.len()], addresses[i % addresses.len()]));
     for (position, (port, ip)) in pairs.enumerate() {
         // A slot first, then the pacer: connects leave spaced even when slots free up at once.
         let slot = shared
@@ -260,26 +373,32 @@ mod tests {
     fn start(
         text: &str,
         max_in_flight: usize,
-    ) -> (FakeProbe, Arc<StateTable>, watch::Receiver<bool>) {
+    ) -> (
+        FakeProbe,
+        Arc<StateTable>,
+        watch::Receiver<bool>,
+        Scheduler<FakeProbe>,
+    ) {
         let config = Config::parse(text, "test").unwrap();
         let table = Arc::new(StateTable::new());
         let metrics = Metrics::new(table.clone()).unwrap();
         let probe = FakeProbe::default();
         let (ready_tx, ready) = watch::channel(false);
-        let scheduler = Scheduler {
+        let parts = SchedulerParts {
             probe: probe.clone(),
             table: table.clone(),
             metrics: metrics.probes.clone(),
             max_in_flight,
             max_per_second: 0,
         };
-        scheduler.spawn(
+        let scheduler = Scheduler::start(
+            parts,
             &config,
             ready_tx,
             &TaskTracker::new(),
             &CancellationToken::new(),
         );
-        (probe, table, ready)
+        (probe, table, ready, scheduler)
     }
 
     fn starts_of(probe: &FakeProbe, port: u16) -> Vec<Instant> {
@@ -292,7 +411,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn each_port_is_probed_once_per_interval() {
-        let (probe, table, mut ready) = start(
+        let (probe, table, mut ready, _scheduler) = start(
             "[[targets]]\nhost = \"127.0.0.1\"\nports = [2, 3]\ninterval = \"10s\"",
             8,
         );
@@ -311,7 +430,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_silent_port_does_not_delay_other_targets() {
-        let (probe, _table, mut ready) = start(
+        let (probe, _table, mut ready, _scheduler) = start(
             concat!(
                 "[defaults]\ntimeout = \"5s\"\nretries = 0\ninterval = \"20s\"\n",
                 "[[targets]]\nname = \"silent\"\nhost = \"127.0.0.1\"\nports = [1]\n",
@@ -333,13 +452,43 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn the_concurrency_cap_holds() {
-        let (probe, _table, mut ready) = start(
+        let (probe, _table, mut ready, _scheduler) = start(
             "[defaults]\nretries = 0\n[[targets]]\nhost = \"127.0.0.1\"\nports = [\"2-9\"]",
             3,
         );
         ready.wait_for(|r| *r).await.unwrap();
         assert_eq!(probe.started.lock().unwrap().len(), 8);
         assert_eq!(probe.most_in_flight.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn apply_probes_only_what_is_new_and_stops_what_is_gone() {
+        let text = "[defaults]\ninterval = \"10s\"\n[[targets]]\nname = \"a\"\nhost = \"127.0.0.1\"\nports = [2]\n[[targets]]\nname = \"b\"\nhost = \"127.0.0.2\"\nports = [4]";
+        let (probe, _table, mut ready, mut scheduler) = start(text, 8);
+        ready.wait_for(|r| *r).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (a_before, b_before) = (starts_of(&probe, 2).len(), starts_of(&probe, 4).len());
+        let reloaded = Instant::now();
+        let changed = text
+            .replace("ports = [2]", "ports = [2, 3]")
+            .replace("name = \"b\"", "name = \"c\"");
+        scheduler.apply(&Config::parse(&changed, "test").unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // The new port and the new target at once; the old port not again until its tick.
+        assert_eq!(starts_of(&probe, 3), [reloaded]);
+        assert_eq!(starts_of(&probe, 2).len(), a_before);
+        assert_eq!(
+            starts_of(&probe, 4).len(),
+            b_before + 1,
+            "c probes port 4 at once"
+        );
+        tokio::time::sleep(Duration::from_secs(30)).await;
+        // "b" is gone: from now on only "c" probes port 4, once per interval; "a" keeps going.
+        let a_ticks = starts_of(&probe, 2);
+        assert!(a_ticks.len() >= a_before + 2, "{}", a_ticks.len());
+        let port4 = starts_of(&probe, 4);
+        let after: Vec<_> = port4.iter().filter(|t| **t > reloaded).collect();
+        assert!((3..=4).contains(&after.len()), "{after:?}");
     }
 
     #[test]

@@ -21,6 +21,8 @@ pub struct TargetInfo {
     pub labels: Vec<(String, String)>,
     /// Ports listed one by one, sorted: their series always exist.
     pub listed: Vec<u16>,
+    /// Every port of the target, sorted.
+    pub ports: Vec<u16>,
 }
 
 impl TargetInfo {
@@ -43,6 +45,7 @@ impl From<&Target> for TargetInfo {
             expect: target.expect,
             labels: target.labels.clone(),
             listed: target.listed.clone(),
+            ports: target.ports.clone(),
         }
     }
 }
@@ -125,6 +128,10 @@ impl StateTable {
             // The target was removed while its probe ran.
             return;
         };
+        if entry.info.ports.binary_search(&key.port).is_err() {
+            // The port was removed by a reload while its probe ran.
+            return;
+        }
         entry
             .rows
             .entry(key)
@@ -255,8 +262,14 @@ mod tests {
             [2]
         );
         drop(read);
-        // A probe that finishes after its target was removed leaves no trace.
+        // A probe that finishes after its target or port was removed leaves no trace.
         table.record("b", RowKey { port: 1, ip: V4 }, outcome(State::Open, 2));
+        table.record("a", RowKey { port: 1, ip: V4 }, outcome(State::Open, 2));
         assert!(!table.read().contains_key("b"));
+        assert!(
+            !table.read()["a"]
+                .rows
+                .contains_key(&RowKey { port: 1, ip: V4 })
+        );
     }
 }

@@ -39,6 +39,18 @@ const CASES: &[(&str, &str)] = &[
         "exclude_not_in_ports",
         "4:16: exclude: port 200 is not in ports (or excluded twice)",
     ),
+    (
+        "probe_bad_prefix",
+        "2:10: invalid network \"127.0.0.0/33\": the prefix length must be 0 to 32",
+    ),
+    (
+        "probe_bad_pattern",
+        "2:10: invalid allow entry \"http://x\": expected an address, a network such as \"10.0.0.0/8\", or a host name pattern such as \"*.example.org\"",
+    ),
+    (
+        "probe_unknown_field",
+        "3:1: unknown field `timeout`, expected `allow`",
+    ),
     ("empty_host", "2:8: host must not be empty"),
     ("empty_name", "2:8: target name must not be empty"),
     ("empty_ports", "3:9: ports must list at least one port"),
@@ -104,7 +116,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "unknown_section",
-        "1:2: unknown field `global`, expected `defaults` or `targets`",
+        "1:2: unknown field `global`, expected one of `defaults`, `targets`, `probe`",
     ),
     ("zero_timeout", "2:11: timeout must be greater than zero"),
 ];

@@ -22,6 +22,7 @@ fn prometheus_config_passes_promtool() {
         return;
     }
     promtool(&["check", "config", "deploy/prometheus/prometheus.yml"]);
+    promtool(&["check", "config", "deploy/prometheus/probe.yml"]);
 }
 
 /// The rule files under deploy/prometheus/rules (`*.yml`, `*.yaml`), sorted.

@@ -215,35 +215,6 @@ fn http_endpoints_behave_like_a_prometheus_exporter() {
     exporter.stop();
 }
 
-/// A listener whose accept queue is full: the kernel drops further SYNs, so the port is silent
-/// for as long as this lives.
-struct SilentPort {
-    port: u16,
-    _listener: tokio::net::TcpListener,
-    _fillers: Vec<std::net::TcpStream>,
-    _runtime: tokio::runtime::Runtime,
-}
-
-fn silent_port() -> SilentPort {
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
-    let addr = socket.local_addr().unwrap();
-    let listener = runtime.block_on(async { socket.listen(0) }).unwrap();
-    // Backlog 0 holds one connection; the second filler finds it full already.
-    let fillers = (0..2)
-        .filter_map(|_| {
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
-        })
-        .collect();
-    SilentPort {
-        port: addr.port(),
-        _listener: listener,
-        _fillers: fillers,
-        _runtime: runtime,
-    }
-}
-
 #[test]
 fn ready_waits_for_the_first_round_and_silence_is_filtered() {
     let silent = silent_port();

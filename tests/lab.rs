@@ -649,3 +649,70 @@ fn shipped_alerts_fire_and_resolve_and_dashboard_queries_evaluate() {
         );
     }
 }
+
+#[test]
+fn prometheus_drives_probe_through_relabelling() {
+    if !lab_available() {
+        return;
+    }
+    const OPEN_PORT: u16 = 10201;
+    const DROPPED_PORT: u16 = 10202;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("probe");
+    let _open = ns.listen(OPEN_PORT);
+    let dropped = DROPPED_PORT.to_string();
+    ns.run(&[
+        "iptables", "-A", "INPUT", "-p", "tcp", "--dport", &dropped, "-j", "DROP",
+    ]);
+    let _exporter = start_exporter_in(
+        &ns,
+        dir.path(),
+        "[defaults]\ntimeout = \"300ms\"\nretries = 1\n[probe]\nallow = [\"127.0.0.0/8\", \"dual.lab\"]\n",
+        Duration::from_secs(20),
+    );
+    // The relabelling of deploy/prometheus/probe.yml, aimed at the lab's ports.
+    let job = format!(
+        "  - job_name: port_probe\n    metrics_path: /probe\n    scrape_timeout: 1s\n    params:\n      expect: [open]\n    static_configs:\n      - targets: ['127.0.0.1:{OPEN_PORT}', '127.0.0.1:{DROPPED_PORT}', 'dual.lab:{OPEN_PORT}']\n    relabel_configs:\n      - source_labels: [__address__]\n        target_label: __param_target\n      - source_labels: [__param_target]\n        target_label: instance\n      - target_label: __address__\n        replacement: {EXPORTER_ADDR}\n"
+    );
+    let prometheus = start_prometheus_with(&ns, dir.path(), &[], &job);
+    let results = wait_for(
+        "probe_success for three targets",
+        Duration::from_secs(60),
+        &prometheus,
+        || prometheus_query(&ns, r#"probe_success{job="port_probe"}"#).filter(|r| r.len() == 3),
+    );
+    let success: BTreeMap<String, String> = results
+        .iter()
+        .map(|r| {
+            (
+                r["metric"]["instance"].as_str().unwrap().to_string(),
+                r["value"][1].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expected: BTreeMap<String, String> = [
+        (format!("127.0.0.1:{OPEN_PORT}"), "1"),
+        (format!("127.0.0.1:{DROPPED_PORT}"), "0"),
+        (format!("dual.lab:{OPEN_PORT}"), "1"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k, v.to_string()))
+    .collect();
+    assert_eq!(success, expected);
+    // The dropped port is filtered, and the name's two addresses are two series.
+    let filtered =
+        prometheus_query(&ns, r#"port_state{job="port_probe",state="filtered"} == 1"#).unwrap();
+    assert_eq!(filtered.len(), 1);
+    assert_eq!(filtered[0]["metric"]["port"], dropped);
+    let dual = prometheus_query(
+        &ns,
+        r#"port_state{job="port_probe",host="dual.lab",state="open"} == 1"#,
+    )
+    .unwrap();
+    let mut ips: Vec<&str> = dual
+        .iter()
+        .map(|r| r["metric"]["ip"].as_str().unwrap())
+        .collect();
+    ips.sort_unstable();
+    assert_eq!(ips, ["127.0.0.1", "::1"]);
+}

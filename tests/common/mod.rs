@@ -23,6 +23,11 @@ pub struct Exporter {
 
 /// Starts the real server (library `run`) on its own runtime with the config `text`.
 pub fn start_exporter(text: &str) -> Exporter {
+    start_exporter_with(text, Options::default())
+}
+
+/// Like [`start_exporter`], with run-time options (web config, config file for reloads, ...).
+pub fn start_exporter_with(text: &str, options: Options) -> Exporter {
     let config = Config::parse(text, "test config").expect("test config is valid");
     let shutdown = CancellationToken::new();
     let (addr_tx, addr_rx) = std::sync::mpsc::channel();
@@ -32,9 +37,7 @@ pub fn start_exporter(text: &str) -> Exporter {
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            run(config, listener, Options::default(), token)
-                .await
-                .unwrap();
+            run(config, listener, options, token).await.unwrap();
         });
     });
     let addr = addr_rx
@@ -288,4 +291,68 @@ pub fn promtool_check_metrics(text: &str) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr)
         ))
     }
+}
+
+/// A listener whose accept queue is full: the kernel drops further SYNs, so the port is silent
+/// for as long as this lives.
+pub struct SilentPort {
+    pub port: u16,
+    _listener: tokio::net::TcpListener,
+    _fillers: Vec<std::net::TcpStream>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+pub fn silent_port() -> SilentPort {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let listener = runtime.block_on(async { socket.listen(0) }).unwrap();
+    // Backlog 0 holds one connection; the second filler finds it full already.
+    let fillers = (0..2)
+        .filter_map(|_| {
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+        })
+        .collect();
+    SilentPort {
+        port: addr.port(),
+        _listener: listener,
+        _fillers: fillers,
+        _runtime: runtime,
+    }
+}
+
+/// Starts the binary on an OS-chosen port with `args`, and returns it with the address it
+/// logged ("address=...").
+pub fn start_binary(args: &[&str]) -> (std::process::Child, SocketAddr, Vec<String>) {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_port_exporter"))
+        .args(["--web.listen-address", "127.0.0.1:0"])
+        .args(args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut lines = Vec::new();
+    let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
+    let addr = loop {
+        let mut line = String::new();
+        assert!(
+            reader.read_line(&mut line).unwrap() > 0,
+            "exited early: {lines:?}"
+        );
+        lines.push(line.clone());
+        if let Some(rest) = line.split("address").nth(1) {
+            let addr: String = rest
+                .trim_start_matches(['=', '"', ':'])
+                .chars()
+                .take_while(|c| !c.is_whitespace() && *c != '"' && *c != ',')
+                .collect();
+            break addr.parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in reader.lines() {});
+    (child, addr, lines)
 }

@@ -244,6 +244,17 @@ pub fn start_exporter_in(ns: &Netns, dir: &Path, text: &str, limit: Duration) ->
 /// Starts Prometheus inside `ns` on [`PROMETHEUS_ADDR`], scraping the exporter every second as
 /// job `port_exporter` and evaluating `rule_files` every second.
 pub fn start_prometheus_in(ns: &Netns, dir: &Path, rule_files: &[PathBuf]) -> Process {
+    start_prometheus_with(ns, dir, rule_files, "")
+}
+
+/// Like [`start_prometheus_in`], with more scrape jobs (`scrape_configs` list items, indented
+/// by two spaces).
+pub fn start_prometheus_with(
+    ns: &Netns,
+    dir: &Path,
+    rule_files: &[PathBuf],
+    extra_scrape_configs: &str,
+) -> Process {
     let config = dir.join("prometheus.yml");
     let rules: String = rule_files
         .iter()
@@ -257,7 +268,7 @@ pub fn start_prometheus_in(ns: &Netns, dir: &Path, rule_files: &[PathBuf]) -> Pr
     fs::write(
         &config,
         format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_section}scrape_configs:\n  - job_name: port_exporter\n    static_configs:\n      - targets: ['{EXPORTER_ADDR}']\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_section}scrape_configs:\n  - job_name: port_exporter\n    static_configs:\n      - targets: ['{EXPORTER_ADDR}']\n{extra_scrape_configs}"
         ),
     )
     .unwrap();
