@@ -1,14 +1,10 @@
 //! The HTTP server: `/metrics`, a landing page, and the health and readiness endpoints.
 
 use std::convert::Infallible;
-use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use flate2::Compression;
-use flate2::write::GzEncoder;
-use http_body_util::Full;
 use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -47,7 +43,49 @@ pub struct Web {
     pub telemetry_path: String,
 }
 
-type Body = Full<Bytes>;
+/// A response body of one or more buffers, sent without copying them together.
+pub struct Body {
+    chunks: std::collections::VecDeque<Bytes>,
+}
+
+impl Body {
+    fn from_chunks(chunks: impl IntoIterator<Item = Bytes>) -> Body {
+        Body {
+            chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
+        }
+    }
+}
+
+impl From<Bytes> for Body {
+    fn from(bytes: Bytes) -> Body {
+        Body::from_chunks([bytes])
+    }
+}
+
+impl hyper::body::Body for Body {
+    type Data = Bytes;
+    type Error = Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        std::task::Poll::Ready(
+            self.chunks
+                .pop_front()
+                .map(|c| Ok(hyper::body::Frame::data(c))),
+        )
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        let len = self.chunks.iter().map(|c| c.len() as u64).sum();
+        hyper::body::SizeHint::with_exact(len)
+    }
+}
 
 /// Serves HTTP (or HTTPS, per the web config) on `listener` until `shutdown` is cancelled,
 /// then lets open requests finish.
@@ -199,7 +237,7 @@ async fn probe<B>(web: &Web, request: &Request<B>) -> Response<Body> {
     }
     match report.render() {
         Ok(body) => {
-            let mut response = Response::new(Full::new(Bytes::from(body)));
+            let mut response = Response::new(Body::from(Bytes::from(body)));
             response.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static(TEXT_CONTENT_TYPE),
@@ -223,20 +261,8 @@ fn refused(refusal: &Refusal) -> Response<Body> {
 
 async fn metrics<B>(web: &Web, request: &Request<B>) -> Response<Body> {
     let gzip = accepts_gzip(request.headers().get(header::ACCEPT_ENCODING));
-    let registry = web.metrics.clone();
-    // Rendering a large table is CPU work: keep it off the threads that serve connections.
-    let rendered = tokio::task::spawn_blocking(move || {
-        let text = registry.render();
-        if gzip { gzip_bytes(&text) } else { text }
-    })
-    .await;
-    let Ok(body) = rendered else {
-        return text(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "rendering metrics failed\n",
-        );
-    };
-    let mut response = Response::new(Full::new(Bytes::from(body)));
+    let body = web.metrics.scrape(gzip).await;
+    let mut response = Response::new(Body::from_chunks(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
@@ -266,14 +292,6 @@ fn accepts_gzip(value: Option<&HeaderValue>) -> bool {
     })
 }
 
-fn gzip_bytes(data: &[u8]) -> Vec<u8> {
-    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 4), Compression::fast());
-    encoder
-        .write_all(data)
-        .and_then(|()| encoder.finish())
-        .expect("writing to a Vec cannot fail")
-}
-
 fn status_page<B>(web: &Web, request: &Request<B>) -> Response<Body> {
     let state_filter = query_param(request.uri().query(), "state");
     let page = StatusPage {
@@ -281,7 +299,7 @@ fn status_page<B>(web: &Web, request: &Request<B>) -> Response<Body> {
         refresh_seconds: STATUS_REFRESH_SECONDS,
     }
     .render(&web.table, SystemTime::now(), state_filter.as_deref());
-    let mut response = Response::new(Full::new(Bytes::from(page)));
+    let mut response = Response::new(Body::from(Bytes::from(page)));
     response.headers_mut().insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
@@ -329,7 +347,7 @@ fn percent_decode(text: &str) -> Option<String> {
 }
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Full::new(body.into()));
+    let mut response = Response::new(Body::from(body.into()));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

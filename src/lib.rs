@@ -8,7 +8,8 @@
 //!   [`pacer`].
 //! - [`probe`]: one connect attempt and its classification into a state and a reason.
 //! - [`state`]: the state table, the single source of truth.
-//! - [`metrics`]: the table rendered as Prometheus metrics at scrape time, plus self-metrics.
+//! - [`metrics`]: the table rendered as Prometheus metrics at scrape time ([`exposition`]),
+//!   cached and shared between concurrent scrapes, plus self-metrics.
 //! - [`http`]: `/metrics`, the [`status`] page at `/`, `/-/healthy`, `/-/ready`, guarded by
 //!   [`web_config`] (TLS, basic auth).
 //! - [`reload`]: SIGHUP and `POST /-/reload`: validate, then diff the scheduler.
@@ -18,6 +19,7 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod exposition;
 pub mod http;
 pub mod limits;
 pub mod logging;

@@ -1,23 +1,25 @@
 //! Metrics: the state table rendered at scrape time, plus the exporter's own metrics.
 //!
-//! The table's series are built by a custom [`Collector`] on every scrape instead of being kept
-//! in metric vectors: a row removed from the table can never linger as a stale series.
+//! The table's series are written from the table on every scrape (see [`crate::exposition`])
+//! instead of being kept in metric vectors: a row removed from the table can never linger as a
+//! stale series. The table's text is cached by the table's generation, and scrapes that arrive
+//! while it is being rendered wait for that render instead of starting their own.
 
-use std::borrow::Cow;
-use std::collections::BTreeMap;
-use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::io::Write as _;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
 
-use prometheus::core::{Collector, Desc};
-use prometheus::proto::{Counter, Gauge, LabelPair, Metric, MetricFamily, MetricType};
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
     TextEncoder,
 };
 
+use crate::exposition::{render_table, unix_seconds};
 use crate::probe::State;
-use crate::state::{StateTable, TargetRows};
+use crate::state::StateTable;
 
 /// The Content-Type of the text exposition format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -30,6 +32,12 @@ const LATENESS_BUCKETS: [f64; 12] = [
 /// The registry behind `/metrics` and the exporter's self-metrics.
 pub struct Metrics {
     registry: Registry,
+    table: Arc<StateTable>,
+    /// The last rendering of the table.
+    cached: Mutex<Option<Arc<RenderedTable>>>,
+    /// Held while the table is rendered: one render at a time, shared by those who wait.
+    rendering: tokio::sync::Mutex<()>,
+    renders: IntCounter,
     pub probes: ProbeMetrics,
     pub reloads: ReloadMetrics,
 }
@@ -71,7 +79,11 @@ impl ProbeMetrics {
 impl Metrics {
     pub fn new(table: Arc<StateTable>) -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
-        registry.register(Box::new(TableCollector::new(table)?))?;
+        let renders = IntCounter::new(
+            "port_exporter_table_renders_total",
+            "Renderings of the state table for scrapes; concurrent scrapes share one.",
+        )?;
+        registry.register(Box::new(renders.clone()))?;
 
         let build_info = IntGauge::with_opts(
             Opts::new(
@@ -132,6 +144,10 @@ impl Metrics {
 
         Ok(Metrics {
             registry,
+            table,
+            cached: Mutex::new(None),
+            rendering: tokio::sync::Mutex::new(()),
+            renders,
             reloads,
             probes: ProbeMetrics {
                 probes_total,
@@ -142,8 +158,61 @@ impl Metrics {
         })
     }
 
-    /// Renders every metric in the text exposition format.
-    pub fn render(&self) -> Vec<u8> {
+    /// Every metric in the text format as two buffers to send one after the other, gzip
+    /// members when `gzip` (decoders read concatenated members as one stream): the table's
+    /// part from the cache when the table has not changed since, the exporter's own metrics
+    /// fresh.
+    pub async fn scrape(&self, gzip: bool) -> [Bytes; 2] {
+        let table = self.table_text().await;
+        let own = self.own_metrics();
+        if gzip {
+            [table.gzip().await, Bytes::from(gzip_bytes(&own))]
+        } else {
+            [table.text.clone(), Bytes::from(own)]
+        }
+    }
+
+    /// The table's text, rendered at or after the table's generation at the time of the call.
+    async fn table_text(&self) -> Arc<RenderedTable> {
+        let wanted = self.table.generation();
+        let fresh = |cached: &Option<Arc<RenderedTable>>| {
+            cached.as_ref().filter(|c| c.generation >= wanted).cloned()
+        };
+        if let Some(cached) = fresh(&self.lock_cache()) {
+            return cached;
+        }
+        let _rendering = self.rendering.lock().await;
+        // Whoever held the lock before us may have rendered what we need.
+        if let Some(cached) = fresh(&self.lock_cache()) {
+            return cached;
+        }
+        let table = self.table.clone();
+        let capacity = self.lock_cache().as_ref().map_or(0, |c| c.text.len());
+        let rendered = tokio::task::spawn_blocking(move || {
+            // Read the generation before the rows, so the text is at least this fresh.
+            let generation = table.generation();
+            let mut text = Vec::with_capacity(capacity + capacity / 8);
+            render_table(&table, &mut text);
+            RenderedTable {
+                generation,
+                text: Bytes::from(text),
+                gzip: tokio::sync::OnceCell::new(),
+            }
+        })
+        .await
+        .expect("rendering the table does not panic");
+        self.renders.inc();
+        let rendered = Arc::new(rendered);
+        *self.lock_cache() = Some(rendered.clone());
+        rendered
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, Option<Arc<RenderedTable>>> {
+        self.cached.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The exporter's own metrics (self-metrics and process metrics) in the text format.
+    fn own_metrics(&self) -> Vec<u8> {
         let mut out = Vec::new();
         TextEncoder::new()
             .encode(&self.registry.gather(), &mut out)
@@ -152,211 +221,112 @@ impl Metrics {
     }
 }
 
-/// One metric family of the table.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: MetricType,
+/// One rendering of the table, and its gzip form once a scraper asked for it.
+struct RenderedTable {
+    generation: u64,
+    text: Bytes,
+    gzip: tokio::sync::OnceCell<Bytes>,
 }
 
-const PORT_STATE: Family = Family {
-    name: "port_state",
-    help: "Port state as a state set: 1 for the current state (open, closed, filtered, error), 0 for the others.",
-    kind: MetricType::GAUGE,
-};
-const PORT_STATE_REASON: Family = Family {
-    name: "port_state_reason",
-    help: "The reason behind the current port state, in nmap's words (syn-ack, conn-refused, no-response, ...).",
-    kind: MetricType::GAUGE,
-};
-const CONNECT_DURATION: Family = Family {
-    name: "port_connect_duration_seconds",
-    help: "Time from connect() to the answer (SYN-ACK, RST or ICMP) on the last probe; absent when nothing answered.",
-    kind: MetricType::GAUGE,
-};
-const DNS_LOOKUP_DURATION: Family = Family {
-    name: "port_dns_lookup_duration_seconds",
-    help: "Duration of the last DNS lookup of the target's host.",
-    kind: MetricType::GAUGE,
-};
-const UNEXPECTED: Family = Family {
-    name: "port_state_unexpected",
-    help: "1 when the port state breaks the target's expectation, else 0; absent when any state is expected.",
-    kind: MetricType::GAUGE,
-};
-const CHANGES: Family = Family {
-    name: "port_state_changes_total",
-    help: "Port state changes seen since the series appeared.",
-    kind: MetricType::COUNTER,
-};
-const LAST_CHANGE: Family = Family {
-    name: "port_state_last_change_timestamp_seconds",
-    help: "Unix time of the last port state change (or of the first probe).",
-    kind: MetricType::GAUGE,
-};
-const LAST_PROBE: Family = Family {
-    name: "port_last_probe_timestamp_seconds",
-    help: "Unix time the last probe of the port finished.",
-    kind: MetricType::GAUGE,
-};
-
-const TARGET_PORTS: Family = Family {
-    name: "port_target_ports",
-    help: "Ports of the target per address and state, counting range ports that have no series of their own.",
-    kind: MetricType::GAUGE,
-};
-
-const FAMILIES: [&Family; 9] = [
-    &PORT_STATE,
-    &PORT_STATE_REASON,
-    &CONNECT_DURATION,
-    &DNS_LOOKUP_DURATION,
-    &UNEXPECTED,
-    &CHANGES,
-    &LAST_CHANGE,
-    &LAST_PROBE,
-    &TARGET_PORTS,
-];
-
-/// Renders the state table on every scrape.
-struct TableCollector {
-    table: Arc<StateTable>,
-    descs: Vec<Desc>,
-}
-
-impl TableCollector {
-    fn new(table: Arc<StateTable>) -> Result<TableCollector, prometheus::Error> {
-        let descs = FAMILIES
-            .iter()
-            .map(|f| Desc::new(f.name.into(), f.help.into(), vec![], Default::default()))
-            .collect::<Result<_, _>>()?;
-        Ok(TableCollector { table, descs })
-    }
-}
-
-impl Collector for TableCollector {
-    fn desc(&self) -> Vec<&Desc> {
-        self.descs.iter().collect()
-    }
-
-    fn collect(&self) -> Vec<MetricFamily> {
-        let table = self.table.read();
-        let mut series: [Vec<Metric>; FAMILIES.len()] = Default::default();
-        let [
-            state,
-            reason,
-            connect,
-            dns,
-            unexpected,
-            changes,
-            last_change,
-            last_probe,
-            target_ports,
-        ] = &mut series;
-        for target in table.values() {
-            let target_labels = target_labels(target);
-            if let Some(took) = target.dns_lookup {
-                dns.push(gauge(target_labels.clone(), took.as_secs_f64()));
-            }
-            // Rows are ordered by port, then address: count per address across all ports.
-            let mut counts: BTreeMap<Option<IpAddr>, [u64; State::ALL.len()]> = BTreeMap::new();
-            for (key, row) in &target.rows {
-                counts.entry(key.ip).or_default()[row.outcome.state as usize] += 1;
-                if !target.info.shows(key.port, row) {
-                    continue;
-                }
-                let mut labels = target_labels.clone();
-                labels.push(label("port", key.port.to_string()));
-                labels.push(label(
-                    "ip",
-                    key.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                ));
-                let outcome = &row.outcome;
-                for s in State::ALL {
-                    state.push(gauge(
-                        with(&labels, "state", s.as_str()),
-                        f64::from(u8::from(s == outcome.state)),
-                    ));
-                }
-                reason.push(gauge(with(&labels, "reason", outcome.reason.as_str()), 1.0));
-                if let Some(took) = outcome.connect {
-                    connect.push(gauge(labels.clone(), took.as_secs_f64()));
-                }
-                if let Some(broken) = target.info.expect.is_broken_by(outcome.state) {
-                    unexpected.push(gauge(labels.clone(), f64::from(u8::from(broken))));
-                }
-                changes.push(counter(labels.clone(), row.changes as f64));
-                last_change.push(gauge(labels.clone(), unix_seconds(row.last_change)));
-                last_probe.push(gauge(labels, unix_seconds(outcome.at)));
-            }
-            for (ip, per_state) in counts {
-                let mut labels = target_labels.clone();
-                labels.push(label("ip", ip.map(|ip| ip.to_string()).unwrap_or_default()));
-                for s in State::ALL {
-                    target_ports.push(gauge(
-                        with(&labels, "state", s.as_str()),
-                        per_state[s as usize] as f64,
-                    ));
-                }
-            }
-        }
-        FAMILIES
-            .iter()
-            .zip(series)
-            .map(|(family, metrics)| {
-                let mut mf = MetricFamily::default();
-                mf.set_name(family.name.into());
-                mf.set_help(family.help.into());
-                mf.set_field_type(family.kind);
-                mf.set_metric(metrics);
-                mf
+impl RenderedTable {
+    async fn gzip(self: &Arc<Self>) -> Bytes {
+        let this = self.clone();
+        self.gzip
+            .get_or_init(|| async move {
+                tokio::task::spawn_blocking(move || Bytes::from(gzip_bytes(&this.text)))
+                    .await
+                    .expect("compressing does not panic")
             })
-            .collect()
+            .await
+            .clone()
     }
 }
 
-fn target_labels(target: &TargetRows) -> Vec<LabelPair> {
-    let info = &target.info;
-    let mut labels = vec![
-        label("target", info.name.clone()),
-        label("host", info.host.clone()),
-    ];
-    labels.extend(info.labels.iter().map(|(k, v)| label(k, v.clone())));
-    labels
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 8), Compression::fast());
+    encoder
+        .write_all(data)
+        .and_then(|()| encoder.finish())
+        .expect("writing to a Vec cannot fail")
 }
 
-fn label(name: &str, value: String) -> LabelPair {
-    let mut pair = LabelPair::default();
-    pair.set_name(name.to_string());
-    pair.set_value(value);
-    pair
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::probe::{Outcome, Reason};
+    use crate::state::RowKey;
 
-fn with(labels: &[LabelPair], name: &str, value: impl Into<Cow<'static, str>>) -> Vec<LabelPair> {
-    let mut labels = labels.to_vec();
-    labels.push(label(name, value.into().into_owned()));
-    labels
-}
-
-fn gauge(labels: Vec<LabelPair>, value: f64) -> Metric {
-    let mut g = Gauge::default();
-    g.set_value(value);
-    let mut m = Metric::from_gauge(g);
-    m.set_label(labels);
-    m
-}
-
-fn counter(labels: Vec<LabelPair>, value: f64) -> Metric {
-    let mut c = Counter::default();
-    c.set_value(value);
-    let mut m = Metric::default();
-    m.set_counter(c);
-    m.set_label(labels);
-    m
-}
-
-fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs_f64()
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_scrapes_share_one_rendering() {
+        let config = Config::parse(
+            "[[targets]]\nhost = \"127.0.0.1\"\nports = [\"1-2000\"]\nexpect = \"open\"",
+            "t",
+        )
+        .unwrap();
+        let table = Arc::new(StateTable::new());
+        table.set_targets(&config.targets);
+        let record = |state| {
+            for port in 1..=2000 {
+                let outcome = Outcome {
+                    state,
+                    reason: Reason::Unknown,
+                    connect: None,
+                    at: SystemTime::now(),
+                };
+                table.record(
+                    "127.0.0.1",
+                    RowKey {
+                        port,
+                        ip: Some("127.0.0.1".parse().unwrap()),
+                    },
+                    outcome,
+                );
+            }
+        };
+        record(State::Closed);
+        let metrics = Arc::new(Metrics::new(table.clone()).unwrap());
+        let scrape_all = |gzip| {
+            let scrapes: Vec<_> = (0..8)
+                .map(|_| {
+                    let metrics = metrics.clone();
+                    tokio::spawn(async move { metrics.scrape(gzip).await })
+                })
+                .collect();
+            async move {
+                let mut bodies = Vec::new();
+                for scrape in scrapes {
+                    bodies.push(scrape.await.unwrap());
+                }
+                bodies
+            }
+        };
+        let first = scrape_all(false).await;
+        assert_eq!(
+            metrics.renders.get(),
+            1,
+            "eight scrapes of an unchanged table, one render"
+        );
+        assert!(first.iter().all(|b| b[0] == first[0][0]));
+        assert_eq!(
+            String::from_utf8_lossy(&first[0][0])
+                .matches("state=\"closed\"} 1")
+                .count(),
+            2000
+        );
+        record(State::Open);
+        let second = scrape_all(true).await;
+        assert_eq!(
+            metrics.renders.get(),
+            2,
+            "after a change, eight scrapes share one render"
+        );
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(&second[0][0][..]),
+            &mut text,
+        )
+        .unwrap();
+        assert_eq!(text.matches("state=\"open\"} 1").count(), 2000);
+    }
 }

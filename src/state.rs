@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
@@ -80,6 +81,8 @@ pub struct TargetRows {
 #[derive(Debug, Default)]
 pub struct StateTable {
     targets: RwLock<BTreeMap<String, TargetRows>>,
+    /// Bumped by every change, so a rendering can tell whether it is still current.
+    generation: AtomicU64,
 }
 
 impl StateTable {
@@ -149,6 +152,11 @@ impl StateTable {
             });
     }
 
+    /// A number that grows with every change to the table.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
     /// A consistent view of the whole table, for rendering.
     pub fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, TargetRows>> {
         // A writer cannot leave the table half-updated (each write is one map operation), so a
@@ -156,8 +164,11 @@ impl StateTable {
         self.targets.read().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The table for a change; the generation moves on with it.
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, BTreeMap<String, TargetRows>> {
-        self.targets.write().unwrap_or_else(|e| e.into_inner())
+        let guard = self.targets.write().unwrap_or_else(|e| e.into_inner());
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        guard
     }
 }
 
