@@ -14,7 +14,7 @@ use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 use toml::Spanned;
 
-use crate::probe::State;
+use crate::probe::{Attempts, Close, State};
 
 /// The config used when no `--config.file` is given: localhost on the common server ports.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default_config.toml");
@@ -32,6 +32,7 @@ pub struct Defaults {
     pub timeout: Duration,
     pub retries: u32,
     pub expect: Expect,
+    pub close: Close,
 }
 
 impl Default for Defaults {
@@ -41,6 +42,7 @@ impl Default for Defaults {
             timeout: Duration::from_secs(2),
             retries: 1,
             expect: Expect::Any,
+            close: Close::Reset,
         }
     }
 }
@@ -166,6 +168,18 @@ pub struct Target {
     pub interval: Duration,
     pub timeout: Duration,
     pub retries: u32,
+    pub close: Close,
+}
+
+impl Target {
+    /// How each of this target's addresses is probed.
+    pub fn attempts(&self) -> Attempts {
+        Attempts {
+            timeout: self.timeout,
+            retries: self.retries,
+            close: self.close,
+        }
+    }
 }
 
 /// Why a configuration could not be loaded.
@@ -269,6 +283,7 @@ struct RawDefaults {
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<u32>>,
     expect: Option<Expect>,
+    close: Option<Close>,
 }
 
 #[derive(Deserialize)]
@@ -283,6 +298,7 @@ struct RawTarget {
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<u32>>,
+    close: Option<Close>,
 }
 
 /// One entry of `ports` or `exclude`: a number or an inclusive `"lo-hi"` range, not yet
@@ -323,6 +339,7 @@ impl RawConfig {
             timeout: optional_duration(&d.timeout, "timeout")?.unwrap_or(builtin.timeout),
             retries: optional_retries(&d.retries)?.unwrap_or(builtin.retries),
             expect: d.expect.unwrap_or(builtin.expect),
+            close: d.close.unwrap_or(builtin.close),
         };
         let mut names = HashSet::new();
         let mut targets = Vec::with_capacity(self.targets.len());
@@ -401,6 +418,7 @@ impl RawTarget {
             interval,
             timeout,
             retries,
+            close: self.close.unwrap_or(defaults.close),
         })
     }
 }

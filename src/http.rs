@@ -19,6 +19,7 @@ use crate::metrics::{Metrics, TEXT_CONTENT_TYPE};
 use crate::on_demand::{self, ProbeRequest, Refusal};
 use crate::probe::TcpProbe;
 use crate::reload::Reloader;
+use crate::resolve::Resolver;
 use crate::state::StateTable;
 use crate::status::StatusPage;
 use crate::web_config::WebConfig;
@@ -36,6 +37,8 @@ pub struct Web {
     pub table: Arc<StateTable>,
     /// The config in force, and reloads.
     pub reloader: Arc<Reloader<TcpProbe>>,
+    /// Name lookups for `/probe`, shared with the scheduler.
+    pub resolver: Arc<Resolver>,
     /// TLS and basic auth (`--web.config.file`); `None` serves plain HTTP to everyone.
     pub web_config: Option<WebConfig>,
     pub ready: watch::Receiver<bool>,
@@ -228,7 +231,15 @@ async fn probe<B>(web: &Web, request: &Request<B>) -> Response<Body> {
         .filter(|d| !d.is_zero());
     let config = web.reloader.current();
     let debug = probe_request.debug;
-    let report = match on_demand::probe(&TcpProbe, &config, probe_request, scrape_timeout).await {
+    let report = match on_demand::probe(
+        &TcpProbe,
+        &web.resolver,
+        &config,
+        probe_request,
+        scrape_timeout,
+    )
+    .await
+    {
         Ok(report) => report,
         Err(refusal) => return refused(&refusal),
     };

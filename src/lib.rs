@@ -12,6 +12,7 @@
 //!   cached and shared between concurrent scrapes, plus self-metrics.
 //! - [`http`]: `/metrics`, the [`status`] page at `/`, `/-/healthy`, `/-/ready`, guarded by
 //!   [`web_config`] (TLS, basic auth).
+//! - [`resolve`]: name lookups, deduplicated and bounded.
 //! - [`reload`]: SIGHUP and `POST /-/reload`: validate, then diff the scheduler.
 //! - [`on_demand`]: `/probe?target=host:port` for Prometheus-driven probing, behind an allow list.
 //! - [`logging`], [`limits`]: process set-up for the binary.
@@ -28,6 +29,7 @@ pub mod on_demand;
 pub mod pacer;
 pub mod probe;
 pub mod reload;
+pub mod resolve;
 pub mod scheduler;
 pub mod shard;
 pub mod state;
@@ -47,6 +49,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::probe::TcpProbe;
 use crate::reload::Reloader;
+use crate::resolve::Resolver;
 use crate::scheduler::{Scheduler, SchedulerParts};
 use crate::shard::Shard;
 use crate::state::StateTable;
@@ -73,8 +76,8 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Options {
-            max_in_flight: 512,
-            max_per_second: 20_000,
+            max_in_flight: 1024,
+            max_per_second: 50_000,
             telemetry_path: "/metrics".to_string(),
             web_config: None,
             config_file: None,
@@ -106,12 +109,14 @@ pub async fn run(
     let metrics = Arc::new(Metrics::new(table.clone())?);
     let (ready_tx, ready) = watch::channel(false);
     let tracker = TaskTracker::new();
+    let resolver = Arc::new(Resolver::new(metrics.probes.dns_lookups_in_flight.clone()));
     let parts = SchedulerParts {
         probe: TcpProbe,
         table: table.clone(),
         metrics: metrics.probes.clone(),
         max_in_flight: options.max_in_flight,
         max_per_second: options.max_per_second,
+        resolver: resolver.clone(),
     };
     let scheduler = Scheduler::start(parts, &config, ready_tx, &tracker, &shutdown);
     let reloader = Arc::new(Reloader::new(
@@ -128,6 +133,7 @@ pub async fn run(
         metrics,
         table,
         reloader,
+        resolver,
         web_config: options.web_config,
         ready,
         telemetry_path: options.telemetry_path,

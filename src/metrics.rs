@@ -63,16 +63,18 @@ impl ReloadMetrics {
 /// Self-metrics the scheduler updates.
 #[derive(Clone)]
 pub struct ProbeMetrics {
-    probes_total: IntCounterVec,
+    /// `port_exporter_probes_total` per state, in `State::ALL` order (looked up once).
+    probes_total: [IntCounter; State::ALL.len()],
     pub in_flight: IntGauge,
     pub start_lateness: Histogram,
     pub dns_lookup_failures: IntCounter,
+    pub dns_lookups_in_flight: IntGauge,
 }
 
 impl ProbeMetrics {
     /// Counts a finished probe by the state it found.
     pub fn count_probe(&self, state: State) {
-        self.probes_total.with_label_values(&[state.as_str()]).inc();
+        self.probes_total[state as usize].inc();
     }
 }
 
@@ -103,9 +105,7 @@ impl Metrics {
             ),
             &["state"],
         )?;
-        for state in State::ALL {
-            probes_total.with_label_values(&[state.as_str()]);
-        }
+        let per_state = State::ALL.map(|state| probes_total.with_label_values(&[state.as_str()]));
         let in_flight = IntGauge::new(
             "port_exporter_probes_in_flight",
             "Probes started and not yet finished.",
@@ -125,6 +125,11 @@ impl Metrics {
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(start_lateness.clone()))?;
         registry.register(Box::new(dns_lookup_failures.clone()))?;
+        let dns_lookups_in_flight = IntGauge::new(
+            "port_exporter_dns_lookups_in_flight",
+            "Name lookups (getaddrinfo calls) running or waiting for one of their bounded slots.",
+        )?;
+        registry.register(Box::new(dns_lookups_in_flight.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
@@ -150,10 +155,11 @@ impl Metrics {
             renders,
             reloads,
             probes: ProbeMetrics {
-                probes_total,
+                probes_total: per_state,
                 in_flight,
                 start_lateness,
                 dns_lookup_failures,
+                dns_lookups_in_flight,
             },
         })
     }

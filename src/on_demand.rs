@@ -8,6 +8,7 @@
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::Duration;
 
 use prometheus::{Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
@@ -15,7 +16,8 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Config, Expect, valid_host_name};
-use crate::probe::{Outcome, Probe, State};
+use crate::probe::{Attempts, Outcome, Probe, State};
+use crate::resolve::Resolver;
 
 /// Taken off Prometheus' scrape timeout so the answer arrives before it gives up.
 const SCRAPE_TIMEOUT_OFFSET: Duration = Duration::from_millis(500);
@@ -135,6 +137,7 @@ pub struct ProbeReport {
 /// the scrape timeout (less an offset) when Prometheus sends one.
 pub async fn probe<P: Probe + Clone>(
     prober: &P,
+    resolver: &Arc<Resolver>,
     config: &Config,
     request: ProbeRequest,
     scrape_timeout: Option<Duration>,
@@ -164,20 +167,10 @@ pub async fn probe<P: Probe + Clone>(
         Ok(ip) => (vec![ip], None),
         Err(_) => {
             let lookup_started = Instant::now();
-            let lookup = tokio::net::lookup_host((request.host.as_str(), request.port));
-            let resolved = match tokio::time::timeout(budget, lookup).await {
-                Ok(Ok(addrs)) => {
-                    let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-                    ips.sort_unstable();
-                    ips.dedup();
-                    ips
-                }
-                Ok(Err(error)) => {
+            let resolved = match resolver.resolve(&request.host, budget).await {
+                Ok(ips) => ips,
+                Err(error) => {
                     let _ = writeln!(trace, "lookup failed: {error}");
-                    Vec::new()
-                }
-                Err(_) => {
-                    let _ = writeln!(trace, "lookup timed out after {budget:?}");
                     Vec::new()
                 }
             };
@@ -213,8 +206,12 @@ pub async fn probe<P: Probe + Clone>(
     for &ip in &addresses {
         let addr = SocketAddr::new(ip, request.port);
         let prober = prober.clone();
-        let retries = defaults.retries;
-        probes.spawn(async move { (ip, prober.probe(addr, timeout, retries).await) });
+        let attempts = Attempts {
+            timeout,
+            retries: defaults.retries,
+            close: defaults.close,
+        };
+        probes.spawn(async move { (ip, prober.probe(addr, attempts).await) });
     }
     let mut outcomes = Vec::with_capacity(addresses.len());
     while let Some(joined) = probes.join_next().await {

@@ -51,7 +51,10 @@ impl Pacer {
             *next = Some(slot + self.period);
             slot
         };
-        tokio::time::sleep_until(slot).await;
+        // A slot already due needs no timer.
+        if slot > Instant::now() {
+            tokio::time::sleep_until(slot).await;
+        }
     }
 }
 

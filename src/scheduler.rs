@@ -24,6 +24,7 @@ use crate::config::{Config, Target};
 use crate::metrics::ProbeMetrics;
 use crate::pacer::Pacer;
 use crate::probe::{Outcome, Probe};
+use crate::resolve::Resolver;
 use crate::state::{RowKey, StateTable};
 
 /// Starts allowed at once after idle: well below the kernel's loopback backlog of 1000.
@@ -38,6 +39,7 @@ struct Shared<P> {
     slots: Arc<Semaphore>,
     /// The global pace of connection attempts.
     pacer: Pacer,
+    resolver: Arc<Resolver>,
 }
 
 /// Flips `ready` once every target has finished its first round.
@@ -63,6 +65,7 @@ pub struct SchedulerParts<P> {
     pub max_in_flight: usize,
     /// The most probes started per second (0: unlimited).
     pub max_per_second: u32,
+    pub resolver: Arc<Resolver>,
 }
 
 /// The running scheduler: one loop per target, which [`Scheduler::apply`] diffs against a new
@@ -108,6 +111,7 @@ impl<P: Probe> Scheduler<P> {
             metrics: parts.metrics,
             slots: Arc::new(Semaphore::new(parts.max_in_flight.max(1))),
             pacer: Pacer::new(parts.max_per_second, PACER_BURST),
+            resolver: parts.resolver,
         });
         if config.targets.is_empty() {
             ready.send_replace(true);
@@ -282,10 +286,7 @@ async fn run_round<P: Probe>(
             let _slot = slot;
             shared.metrics.in_flight.inc();
             let addr = SocketAddr::new(ip, port);
-            let outcome = shared
-                .probe
-                .probe(addr, target.timeout, target.retries)
-                .await;
+            let outcome = shared.probe.probe(addr, target.attempts()).await;
             shared.metrics.in_flight.dec();
             shared.metrics.count_probe(outcome.state);
             let key = RowKey { port, ip: Some(ip) };
@@ -305,20 +306,10 @@ async fn resolve<P: Probe>(shared: &Shared<P>, target: &Target) -> Option<Vec<Ip
     }
     let budget = target.timeout * (target.retries + 1);
     let started = Instant::now();
-    let lookup = tokio::time::timeout(budget, tokio::net::lookup_host((target.host.as_str(), 0)));
-    let addresses = match lookup.await {
-        Ok(Ok(addrs)) => {
-            let mut ips: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
-            ips.sort_unstable();
-            ips.dedup();
-            Some(ips).filter(|ips| !ips.is_empty())
-        }
-        Ok(Err(error)) => {
+    let addresses = match shared.resolver.resolve(&target.host, budget).await {
+        Ok(ips) => Some(ips),
+        Err(error) => {
             tracing::debug!(target = %target.name, host = %target.host, %error, "lookup failed");
-            None
-        }
-        Err(_elapsed) => {
-            tracing::debug!(target = %target.name, host = %target.host, "lookup timed out");
             None
         }
     };
@@ -335,7 +326,7 @@ async fn resolve<P: Probe>(shared: &Shared<P>, target: &Target) -> Option<Vec<Ip
 mod tests {
     use super::*;
     use crate::metrics::Metrics;
-    use crate::probe::{Reason, State};
+    use crate::probe::{Attempts, Reason, State};
     use std::sync::Mutex;
 
     /// A probe that answers after a fixed delay per port and logs when each probe started.
@@ -347,7 +338,8 @@ mod tests {
     }
 
     impl Probe for FakeProbe {
-        async fn probe(&self, addr: SocketAddr, timeout: Duration, _retries: u32) -> Outcome {
+        async fn probe(&self, addr: SocketAddr, attempts: Attempts) -> Outcome {
+            let timeout = attempts.timeout;
             self.started
                 .lock()
                 .unwrap()
@@ -390,6 +382,7 @@ mod tests {
             metrics: metrics.probes.clone(),
             max_in_flight,
             max_per_second: 0,
+            resolver: Arc::new(Resolver::new(metrics.probes.dns_lookups_in_flight.clone())),
         };
         let scheduler = Scheduler::start(
             parts,

@@ -51,6 +51,10 @@ const CASES: &[(&str, &str)] = &[
         "probe_unknown_field",
         "3:1: unknown field `timeout`, expected `allow`",
     ),
+    (
+        "bad_close",
+        "2:9: unknown variant `fin`, expected `reset` or `graceful`",
+    ),
     ("empty_host", "2:8: host must not be empty"),
     ("empty_name", "2:8: target name must not be empty"),
     ("empty_ports", "3:9: ports must list at least one port"),
@@ -108,11 +112,11 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "unknown_defaults_field",
-        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `expect`",
+        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `expect`, `close`",
     ),
     (
         "unknown_field",
-        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`",
+        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`, `close`",
     ),
     (
         "unknown_section",

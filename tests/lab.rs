@@ -716,3 +716,44 @@ fn prometheus_drives_probe_through_relabelling() {
     ips.sort_unstable();
     assert_eq!(ips, ["127.0.0.1", "::1"]);
 }
+
+#[test]
+fn reset_close_leaves_no_time_wait_and_graceful_close_does() {
+    if !lab_available() {
+        return;
+    }
+    const RESET_PORT: u16 = 10301;
+    const GRACEFUL_PORT: u16 = 10302;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("timewait");
+    let _listeners = [ns.listen(RESET_PORT), ns.listen(GRACEFUL_PORT)];
+    let exporter = start_exporter_in(
+        &ns,
+        dir.path(),
+        &format!(
+            "[defaults]\ninterval = \"1s\"\ntimeout = \"400ms\"\n[[targets]]\nname = \"reset\"\nhost = \"127.0.0.1\"\nports = [{RESET_PORT}]\n[[targets]]\nname = \"graceful\"\nhost = \"127.0.0.1\"\nports = [{GRACEFUL_PORT}]\nclose = \"graceful\"\n"
+        ),
+        Duration::from_secs(20),
+    );
+    // A few rounds of both.
+    std::thread::sleep(Duration::from_millis(2500));
+    let time_wait = |port: u16| {
+        let filter = format!("( dport = :{port} )");
+        let out = ns.run(&["ss", "-Htan", "state", "time-wait", &filter]);
+        out.lines().filter(|l| !l.trim().is_empty()).count()
+    };
+    assert_eq!(
+        time_wait(RESET_PORT),
+        0,
+        "a reset leaves no TIME_WAIT on the prober"
+    );
+    assert!(
+        time_wait(GRACEFUL_PORT) >= 2,
+        "a graceful close leaves TIME_WAIT sockets"
+    );
+    let samples = parse_samples(&ns.get(EXPORTER_ADDR, "/metrics").text());
+    for target in ["reset", "graceful"] {
+        assert_eq!(state_of(&samples, &[("target", target)]), "open");
+    }
+    drop(exporter);
+}

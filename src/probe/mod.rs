@@ -101,16 +101,33 @@ impl Outcome {
     }
 }
 
+/// How a connection that succeeded is closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Close {
+    /// SO_LINGER {1, 0}: a reset, as nmap does; the prober keeps no TIME_WAIT socket.
+    #[default]
+    Reset,
+    /// A normal FIN close, for services that log resets as errors; each open probe leaves a
+    /// TIME_WAIT socket on the prober for 60 s.
+    Graceful,
+}
+
+/// How to probe one address: the budget of an attempt, how many more attempts silence gets,
+/// and how to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempts {
+    pub timeout: Duration,
+    pub retries: u32,
+    pub close: Close,
+}
+
 /// How a target's port is probed; the scheduler takes it as a parameter so that scheduling can
 /// be tested without sockets.
 pub trait Probe: Send + Sync + 'static {
-    /// Probes `addr`, trying again up to `retries` times while nothing answers within `timeout`.
-    fn probe(
-        &self,
-        addr: SocketAddr,
-        timeout: Duration,
-        retries: u32,
-    ) -> impl Future<Output = Outcome> + Send;
+    /// Probes `addr`, trying again up to `attempts.retries` times while nothing answers within
+    /// `attempts.timeout`.
+    fn probe(&self, addr: SocketAddr, attempts: Attempts) -> impl Future<Output = Outcome> + Send;
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::time::Instant;
 
-use super::{Outcome, Probe, Reason, State, classify};
+use super::{Attempts, Close, Outcome, Probe, Reason, State, classify};
 
 /// Probes with a full TCP connect, like `nmap -sT`; needs no privileges.
 #[derive(Clone, Copy, Debug, Default)]
@@ -20,13 +20,13 @@ enum Attempt {
 }
 
 impl Probe for TcpProbe {
-    async fn probe(&self, addr: SocketAddr, timeout: Duration, retries: u32) -> Outcome {
-        let attempts = retries.saturating_add(1);
+    async fn probe(&self, addr: SocketAddr, settings: Attempts) -> Outcome {
+        let attempts = settings.retries.saturating_add(1);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let started = Instant::now();
-            let result = connect_once(addr, timeout).await;
+            let result = connect_once(addr, settings.timeout, settings.close).await;
             let elapsed = started.elapsed();
             let last = attempt >= attempts;
             let (state, reason) = match result {
@@ -49,7 +49,7 @@ impl Probe for TcpProbe {
     }
 }
 
-async fn connect_once(addr: SocketAddr, timeout: Duration) -> Attempt {
+async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Attempt {
     let socket = match if addr.is_ipv4() {
         TcpSocket::new_v4()
     } else {
@@ -63,7 +63,9 @@ async fn connect_once(addr: SocketAddr, timeout: Duration) -> Attempt {
         Ok(Err(error)) => Attempt::Answered(Err(error)),
         Ok(Ok(stream)) => {
             let self_connected = stream.local_addr().is_ok_and(|local| local == addr);
-            close_with_reset(stream);
+            if close == Close::Reset || self_connected {
+                close_with_reset(stream);
+            }
             if self_connected {
                 Attempt::SelfConnected
             } else {
@@ -74,7 +76,7 @@ async fn connect_once(addr: SocketAddr, timeout: Duration) -> Attempt {
 }
 
 /// Closes with SO_LINGER {1, 0}, as nmap does: a reset instead of a FIN, so the prober keeps
-/// no TIME_WAIT socket per open port probed.
+/// no TIME_WAIT socket per open port probed. (A graceful close is the stream's drop.)
 fn close_with_reset(stream: TcpStream) {
     // If setting the option fails the close is merely graceful; nothing to report.
     let _ = stream.set_zero_linger();
