@@ -12,7 +12,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::metrics::{Metrics, TEXT_CONTENT_TYPE};
@@ -26,6 +26,8 @@ use crate::web_config::WebConfig;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request head (request line and headers) read; larger ones get 431.
+const MAX_REQUEST_HEAD: usize = 64 * 1024;
 /// Seconds between automatic reloads of the status page.
 const STATUS_REFRESH_SECONDS: u32 = 15;
 /// How long open connections get to finish after shutdown starts.
@@ -44,6 +46,8 @@ pub struct Web {
     pub ready: watch::Receiver<bool>,
     /// Path of the metrics endpoint (`--web.telemetry-path`).
     pub telemetry_path: String,
+    /// The cap on requests handled at once (`--web.max-requests`); `None`: no cap.
+    pub request_slots: Option<Arc<Semaphore>>,
 }
 
 /// A response body of one or more buffers, sent without copying them together.
@@ -150,6 +154,7 @@ where
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_REQUEST_HEAD)
         .serve_connection(
             TokioIo::new(io),
             service_fn(move |request| {
@@ -161,6 +166,19 @@ where
 }
 
 async fn handle<B>(web: &Web, request: Request<B>) -> Response<Body> {
+    // Over the cap, answer at once instead of queueing: a scraper retries, a pile-up does not.
+    let _permit = match &web.request_slots {
+        Some(slots) => match slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => {
+                return text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many requests in flight (--web.max-requests)\n",
+                );
+            }
+        },
+        None => None,
+    };
     let authorized = web
         .web_config
         .as_ref()

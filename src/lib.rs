@@ -71,6 +71,8 @@ pub struct Options {
     pub reload_on_sighup: bool,
     /// This replica's part of the config (`--shard.*`); `None`: all of it.
     pub shard: Option<Shard>,
+    /// The most HTTP requests handled at once; beyond, 503 (0: no cap).
+    pub max_requests: usize,
 }
 
 impl Default for Options {
@@ -83,6 +85,7 @@ impl Default for Options {
             config_file: None,
             reload_on_sighup: false,
             shard: None,
+            max_requests: 128,
         }
     }
 }
@@ -137,6 +140,8 @@ pub async fn run(
         web_config: options.web_config,
         ready,
         telemetry_path: options.telemetry_path,
+        request_slots: (options.max_requests > 0)
+            .then(|| Arc::new(tokio::sync::Semaphore::new(options.max_requests))),
     };
     http::serve(listener, Arc::new(web), shutdown).await;
     tracker.close();

@@ -29,6 +29,9 @@ struct Flags {
     /// Web config file (YAML, the exporter-toolkit format): TLS and basic auth.
     #[arg(long = "web.config.file", value_name = "PATH")]
     web_config_file: Option<PathBuf>,
+    /// Most HTTP requests handled at once; more get 503 (0: no cap).
+    #[arg(long = "web.max-requests", default_value_t = Options::default().max_requests)]
+    max_requests: usize,
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", default_value = "/metrics")]
     telemetry_path: String,
@@ -129,6 +132,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             config_file: flags.config_file,
             reload_on_sighup: true,
             shard,
+            max_requests: flags.max_requests,
         };
         port_exporter::run(config, listener, options, shutdown).await?;
         tracing::info!("port_exporter stopped");

@@ -147,7 +147,12 @@ mod tests {
         }
         assert!(!resolver.lookup("localhost.").same_channel(&first));
         assert_eq!(resolver.lookups.lock().unwrap().len(), 2);
-        assert!(resolver.resolve("localhost", Duration::from_secs(5)).await.is_ok());
+        assert!(
+            resolver
+                .resolve("localhost", Duration::from_secs(5))
+                .await
+                .is_ok()
+        );
     }
 
     #[tokio::test(start_paused = true)]

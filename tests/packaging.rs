@@ -21,7 +21,7 @@ const UNIT_BIN: &str = "/usr/local/bin/port_exporter";
 /// Highest `systemd-analyze security` exposure accepted (0 is best, 10 worst).
 const MAX_EXPOSURE: f64 = 2.0;
 const DOCKERFILE: &str = "Dockerfile";
-const KUBERNETES: &str = "deploy/kubernetes";
+const KUBERNETES: &str = "deploy/kubernetes/base";
 /// The Kubernetes version whose schemas (shipped inside kubernetes-validate, no network) the
 /// manifests are checked against.
 const KUBERNETES_VERSION: &str = "1.33.0";
@@ -664,10 +664,14 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
             "ServiceMonitor"
         ])
     );
-    // The custom resources are left out: kubernetes-validate would only warn that it has no
-    // schema for them and pass.
+    validate_core_objects(&objects, 3);
+}
+
+/// Runs kubernetes-validate on the objects of core kinds (the custom resources are left out:
+/// kubernetes-validate would only warn that it has no schema for them and pass).
+fn validate_core_objects(objects: &[Value], expected: usize) {
     let core: Vec<&Value> = objects.iter().filter(|o| !is_custom_resource(o)).collect();
-    assert_eq!(core.len(), 3, "Deployment, Service and ConfigMap");
+    assert_eq!(core.len(), expected, "core objects: {core:?}");
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("core.yaml");
     let stream: String = core
@@ -687,6 +691,49 @@ fn kubernetes_manifests_pass_kubernetes_validate() {
         "kubernetes-validate --strict -k {KUBERNETES_VERSION}: {}\n{output}",
         out.status
     );
+}
+
+#[test]
+fn kubernetes_sharded_and_vantage_overlays_render_and_validate() {
+    if !have("kubectl") && skip("kubectl not installed (it renders the kustomization)") {
+        return;
+    }
+    if !have("kubernetes-validate")
+        && skip("kubernetes-validate not installed (pip install kubernetes-validate)")
+    {
+        return;
+    }
+    // Sharded: a StatefulSet replaces the Deployment; --shard.count equals the replicas and
+    // each pod takes its shard from its ordinal.
+    let sharded = kustomize(Path::new("deploy/kubernetes/sharded"));
+    assert!(sharded.iter().all(|o| o["kind"] != "Deployment"));
+    let set = object(&sharded, "StatefulSet");
+    let replicas = at(set, "/spec/replicas", "replicas").as_u64().unwrap();
+    let args: Vec<&str> = at(set, "/spec/template/spec/containers/0/args", "args")
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .collect();
+    assert!(
+        args.contains(&format!("--shard.count={replicas}").as_str()),
+        "{args:?}"
+    );
+    assert!(args.contains(&"--shard.index=hostname"), "{args:?}");
+    validate_core_objects(&sharded, 3);
+
+    // Vantage points: a DaemonSet, and the vantage label set by the scrape config.
+    let vantage = kustomize(Path::new("deploy/kubernetes/vantage"));
+    assert!(vantage.iter().all(|o| o["kind"] != "Deployment"));
+    object(&vantage, "DaemonSet");
+    let monitor = object(&vantage, "ServiceMonitor");
+    let relabel = at(monitor, "/spec/endpoints/0/relabelings/0", "relabelings");
+    assert_eq!(relabel["targetLabel"], "vantage");
+    assert_eq!(
+        relabel["sourceLabels"][0],
+        "__meta_kubernetes_pod_node_name"
+    );
+    validate_core_objects(&vantage, 3);
 }
 
 #[test]
