@@ -113,7 +113,7 @@ impl Metrics {
         let start_lateness = Histogram::with_opts(
             HistogramOpts::new(
                 "port_exporter_probe_start_lateness_seconds",
-                "How long after its scheduled time a probe started (waiting for the concurrency cap).",
+                "How late a probe started: its round's delay plus its wait for the concurrency cap (the pacer's spacing is planned, not late).",
             )
             .buckets(LATENESS_BUCKETS.to_vec()),
         )?;
@@ -193,7 +193,9 @@ impl Metrics {
             return cached;
         }
         let table = self.table.clone();
-        let capacity = self.lock_cache().as_ref().map_or(0, |c| c.text.len());
+        // Let go of the stale rendering first: two full renderings at once would double the
+        // peak memory of a large table.
+        let capacity = self.lock_cache().take().map_or(0, |c| c.text.len());
         let rendered = tokio::task::spawn_blocking(move || {
             // Read the generation before the rows, so the text is at least this fresh.
             let generation = table.generation();

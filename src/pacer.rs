@@ -33,11 +33,6 @@ impl Pacer {
         }
     }
 
-    /// The spacing between starts.
-    pub fn period(&self) -> Duration {
-        self.period
-    }
-
     /// Waits until the caller may start.
     pub async fn wait(&self) {
         if self.period.is_zero() {

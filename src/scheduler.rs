@@ -250,6 +250,8 @@ async fn run_round<P: Probe>(
     ports: &[u16],
     scheduled: Instant,
 ) {
+    // How late the round itself began (a busy runtime fires ticks late).
+    let round_late = Instant::now().saturating_duration_since(scheduled);
     let Some(addresses) = resolve(shared, target).await else {
         let at = SystemTime::now();
         for &port in ports {
@@ -263,23 +265,23 @@ async fn run_round<P: Probe>(
     let mut probes = JoinSet::new();
     let pairs = (0..ports.len() * addresses.len())
         .map(|i| (ports[i / addresses.len()], addresses[i % addresses.len()]));
-    for (position, (port, ip)) in pairs.enumerate() {
+    for (port, ip) in pairs {
         // A slot first, then the pacer: connects leave spaced even when slots free up at once.
+        let waiting_since = Instant::now();
         let slot = shared
             .slots
             .clone()
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
+        // Lateness: the round's own delay plus the wait for a slot. The pacer's spacing is the
+        // plan, not lateness.
+        let lateness = round_late + waiting_since.elapsed();
         shared.pacer.wait().await;
-        // The plan for this probe: the round's start plus its place in the paced sequence.
-        let planned =
-            scheduled + shared.pacer.period() * u32::try_from(position).unwrap_or(u32::MAX);
-        shared.metrics.start_lateness.observe(
-            Instant::now()
-                .saturating_duration_since(planned)
-                .as_secs_f64(),
-        );
+        shared
+            .metrics
+            .start_lateness
+            .observe(lateness.as_secs_f64());
         let shared = shared.clone();
         let target = target.clone();
         probes.spawn(async move {

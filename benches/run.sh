@@ -1,0 +1,890 @@
+#!/usr/bin/env bash
+# benches/run.sh: the performance benchmark of port_exporter, against its peers, in one run
+# on one machine, inside a network namespace of its own.
+#
+# Usage (as root):
+#   benches/run.sh [--smoke] [--out FILE] [--bin PATH]
+#     --smoke     tiny sizes and 1-2 s durations (well under a minute): checks the harness.
+#                 Goals are judged and reported, but only a failing step fails the script.
+#     --out FILE  also write the report (machine, versions, commands, table, notes) to FILE.
+#     --bin PATH  use this port_exporter binary instead of `cargo build --release`'s
+#                 target/release/port_exporter (the smoke test passes the test build's binary).
+#
+# Needs: root, cargo (unless --bin), ip, iptables, ss (iproute2), curl, nmap, wrk,
+# prometheus-blackbox-exporter, python3. Debian: apt-get install -y iproute2 iptables curl nmap
+# wrk prometheus-blackbox-exporter python3.
+#
+# What it does, in the namespace pe-bench-$$ (loopback only; nothing leaves the namespace):
+#   setup  one python3 accept-and-close listener serving every "open" port of the run.
+#   a. /probe throughput: the same `wrk -t2 -c32 -d10s` against our /probe and against
+#      blackbox_exporter's /probe (tcp_connect module, timeout 1s; ours: timeout 1s, retries 0),
+#      both probing the same open port. wrk's socket errors and non-2xx are reported; that the
+#      listener kept up is checked with its accept count (= probes) and the namespace's
+#      TcpExtListenOverflows/ListenDrops. Goal: ours >= 3x blackbox's requests/s.
+#   b. full range: one target 127.0.0.1 ports 1-65535 (expect closed, interval 1h, timeout 1s,
+#      retries 0) with a few listeners and one iptables DROP port; the figure is the time from
+#      starting the process to /-/ready answering 200 (= the first round done; polled every
+#      10 ms; includes the process start, a few ms) vs the wall time of
+#      `nmap -sT -Pn -n -T4 -p- 127.0.0.1`. The states must agree (our port_target_ports counts
+#      and per-port series vs nmap's XML), or the row fails. A grid of --probe.concurrency and
+#      --probe.rate is tried; the default and the best are reported. Goal: ours <= 0.5x nmap.
+#   c. /metrics with 1,000 targets (127.1.x.y) x 100 listed ports (10000-10099, five of them
+#      open) = 100,000 pairs, interval 60s: median curl time_total of 11 uncompressed and 11
+#      gzip scrapes, and 8 concurrent scrapes (port_exporter_table_renders_total in their
+#      bodies shows how many renderings they shared). Peer: none; as a baseline, the same
+#      bytes served as a static file by `python3 -m http.server`. Goal: median < 250 ms.
+#   d. the same exporter probing on schedule, 120 s window after a warm-up, no scrapes inside
+#      the window: CPU (utime+stime of /proc/PID/stat, in cores), VmRSS per pair, and the p99 of
+#      port_exporter_probe_start_lateness_seconds over the window (bucket interpolation like
+#      histogram_quantile). Goals: <= 0.5 core, <= 2 KB/pair, p99 < 1 s.
+#   e. 10,000 silent ports in flight: a target 20000-29999 (timeout 25s, retries 0, interval
+#      30s, expect not_open) plus a target of 10 open ports (interval 1s), --probe.concurrency
+#      12000. Baseline: VmRSS of the same process after its first round (the range answered
+#      with resets: every row exists, nothing waits); then `iptables -I INPUT -p tcp --dport
+#      20000:29999 -j DROP`, and once the next round has all 10,000 in flight
+#      (port_exporter_probes_in_flight), VmRSS and in-flight samples every 0.5 s for 18 s.
+#      Goals: extra RSS <= 20 MB; lateness p99 of the probes started meanwhile < 50 ms (the
+#      lateness of the round that started the 10,000 is reported too).
+#   f. TIME_WAIT: `ss -tan state time-wait` on the open port after our wrk run of (a) and after
+#      the scheduled rounds of (d) (ours closes with a reset: goal 0), and after blackbox's.
+#
+# Exit status: 0 when every step ran (and, in full mode, every goal passed); 1 when a step
+# failed; 3 in full mode when a goal failed. Processes are stopped by PID and the namespace is
+# deleted on exit, also on error or Ctrl-C.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+MODE=full
+OUT=
+BIN=
+while [ $# -gt 0 ]; do
+    case "$1" in
+    --smoke) MODE=smoke ;;
+    --out) OUT=${2:?--out needs a file}; shift ;;
+    --out=*) OUT=${1#--out=} ;;
+    --bin) BIN=${2:?--bin needs a path}; shift ;;
+    --bin=*) BIN=${1#--bin=} ;;
+    -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    *) echo "unknown argument: $1 (see --help)" >&2; exit 1 ;;
+    esac
+    shift
+done
+if [ -n "$OUT" ]; then
+    case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
+fi
+
+# ---------------------------------------------------------------------------------------------
+# Sizes per mode.
+if [ "$MODE" = full ]; then
+    WRK_ARGS=(-t2 -c32 -d10s --latency)
+    WRK_WARMUP=(-t2 -c32 -d2s)
+    RANGE_LO=1 RANGE_HI=65535
+    NMAP_RUNS=3 OURS_RUNS=3
+    C_TARGETS=1000 C_PORTS=100 C_INTERVAL=60s SCRAPES=11
+    D_WARMUP=30 D_WINDOW=120
+    E_LO=20000 E_HI=29999 E_TIMEOUT=25 E_INTERVAL=30 E_CONC=12000 E_BASE_SECS=5 E_WINDOW=18
+else
+    WRK_ARGS=(-t2 -c8 -d1s --latency)
+    WRK_WARMUP=()
+    RANGE_LO=1 RANGE_HI=10000
+    NMAP_RUNS=1 OURS_RUNS=1
+    C_TARGETS=10 C_PORTS=10 C_INTERVAL=5s SCRAPES=11
+    D_WARMUP=1 D_WINDOW=2
+    E_LO=20000 E_HI=20199 E_TIMEOUT=4 E_INTERVAL=5 E_CONC=400 E_BASE_SECS=1 E_WINDOW=2
+fi
+CONCURRENT=8
+E_PORTS=$((E_HI - E_LO + 1))
+PAIRS=$((C_TARGETS * C_PORTS))
+OPEN_A=18080                          # (a): the open port both /probe endpoints probe
+B_OPEN=(2222 8080 50000)              # (b): listeners seen by the range scan (50000 is ephemeral)
+B_DROP=9999                           # (b): the filtered port
+D_OPEN=(10000 10001 10002 10003 10004) # (c, d): open on every 127.1.x.y target
+E_OPEN=(19000 19001 19002 19003 19004 19005 19006 19007 19008 19009)
+OURS_ADDR=127.0.0.1:9799
+BB_ADDR=127.0.0.1:9115
+STATIC_ADDR=127.0.0.1:18099
+
+NS=pe-bench-$$
+TMP=
+PIDS=()
+CMDS=()
+ROWS=()
+NOTES=()
+T_START=$(date +%s)
+
+log() { printf '[bench %s] %s\n' "$(date +%T)" "$*" >&2; }
+die() { log "FAILED: $*"; exit 1; }
+
+cleanup() {
+    local rc=$?
+    set +e
+    trap - EXIT INT TERM
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null
+    done
+    sleep 0.2
+    for pid in "${PIDS[@]}"; do
+        kill -KILL "$pid" 2>/dev/null
+        wait "$pid" 2>/dev/null
+    done
+    if ip netns list 2>/dev/null | grep -qw "$NS"; then
+        # Anything still inside our own namespace was started by this script.
+        for pid in $(ip netns pids "$NS" 2>/dev/null); do kill -KILL "$pid" 2>/dev/null; done
+        ip netns delete "$NS"
+    fi
+    [ -n "$TMP" ] && rm -rf "$TMP"
+    if [ "$rc" -ne 0 ] && [ "$rc" -ne 3 ]; then log "exit status $rc (namespace and processes cleaned up)"; fi
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+nsx() { ip netns exec "$NS" "$@"; }
+# Records a command for the report (with the values of this run), then runs it.
+cmd() {
+    if [ "$1" = nsx ]; then CMDS+=("ip netns exec $NS ${*:2}"); else CMDS+=("$*"); fi
+    "$@"
+}
+calc() { awk "BEGIN { printf \"%${2:-.3f}\", $1 }"; }
+# pass/FAIL for "value op threshold"; n/a when the value is not a number.
+judge() {
+    local v=$1 op=$2 t=$3
+    [[ "$v" =~ ^-?[0-9.]+(e[-+]?[0-9]+)?$ ]] || { echo "n/a"; return; }
+    if awk "BEGIN { exit !($v $op $t) }"; then echo pass; else echo FAIL; fi
+}
+row() { ROWS+=("| $1 | $2 | $3 | $4 | $5 | $6 |"); }
+note() { NOTES+=("$*"); }
+
+# Starts a process inside the namespace in the background; its PID goes to the variable $1.
+spawn() {
+    local _var=$1 _logf=$2
+    shift 2
+    CMDS+=("ip netns exec $NS $*")
+    # A simple command, not the nsx function: `ip netns exec` execs, so $! is the process itself.
+    ip netns exec "$NS" "$@" >"$_logf" 2>&1 </dev/null &
+    local _pid=$!
+    PIDS+=("$_pid")
+    printf -v "$_var" '%s' "$_pid"
+}
+# Stops a process we started (SIGTERM, then SIGKILL after 10 s).
+stop() {
+    local _pid=$1 _i _p
+    kill -TERM "$_pid" 2>/dev/null || true
+    for _i in $(seq 100); do
+        kill -0 "$_pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$_pid" 2>/dev/null || true
+    wait "$_pid" 2>/dev/null || true
+    local _kept=()
+    for _p in "${PIDS[@]}"; do [ "$_p" = "$_pid" ] || _kept+=("$_p"); done
+    PIDS=("${_kept[@]}")
+}
+# Polls URL (inside the namespace) until it answers 200, at most $2 seconds.
+wait_http() {
+    local url=$1 limit=${2:-30} i
+    for i in $(seq $((limit * 10))); do
+        [ "$(nsx curl -s -m 2 -o /dev/null -w '%{http_code}' "$url" || true)" = 200 ] && return 0
+        sleep 0.1
+    done
+    return 1
+}
+fetch() { nsx curl -sf -m 60 "$1"; }
+py() { python3 "$TMP/bench.py" "$@"; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+cpu_ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
+ss_tw() { nsx ss -Htan state time-wait "$@" | wc -l; }
+in_flight() { nsx curl -sf -m 5 "http://$OURS_ADDR/metrics" | awk '/^port_exporter_probes_in_flight / { print $2 }'; }
+ms_or() { # ms_or QUANTILE: the quantile in ms, or as it is (">5", "n/a")
+    if [[ "$1" =~ ^[0-9.]+$ ]]; then calc "$1 * 1000" .2f; else echo "$1"; fi
+}
+start_ours() { # start_ours VAR CONFIG LOG [flags...]
+    local var=$1 conf=$2 logf=$3
+    shift 3
+    spawn "$var" "$logf" "$BIN" --config.file "$conf" --web.listen-address "$OURS_ADDR" "$@"
+    wait_http "http://$OURS_ADDR/-/healthy" 30 || die "our exporter did not start: $(tail -5 "$logf")"
+}
+
+# ---------------------------------------------------------------------------------------------
+# 1. Build, tools, namespace.
+[ "$(id -u)" = 0 ] || die "needs root (network namespaces, iptables)"
+for tool in ip iptables ss curl nmap wrk prometheus-blackbox-exporter python3 awk; do
+    command -v "$tool" >/dev/null || die "needs $tool on PATH (Debian: apt-get install -y iproute2 iptables curl nmap wrk prometheus-blackbox-exporter python3)"
+done
+if [ -z "$BIN" ]; then
+    log "building: cargo build --release"
+    CMDS+=("cargo build --release")
+    (cd "$ROOT" && cargo build --release -q) || die "cargo build --release"
+    BIN=$ROOT/target/release/port_exporter
+fi
+[ -x "$BIN" ] || die "no executable $BIN"
+BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
+
+TMP=$(mktemp -d /tmp/pe-bench.XXXXXX)
+CLK=$(getconf CLK_TCK)
+cmd ip netns add "$NS"
+cmd nsx ip link set lo up
+
+# The defaults of the binary under test (README and code may move; --help is the truth).
+HELP=$("$BIN" --help) || die "$BIN --help failed"
+DEF_CONC=$(echo "$HELP" | awk '/--probe.concurrency/ { f = 1 } f && /default:/ { match($0, /default: [0-9]+/); print substr($0, RSTART + 9, RLENGTH - 9); exit }')
+DEF_RATE=$(echo "$HELP" | awk '/--probe.rate/ { f = 1 } f && /default:/ { match($0, /default: [0-9]+/); print substr($0, RSTART + 9, RLENGTH - 9); exit }')
+[ -n "$DEF_CONC" ] && [ -n "$DEF_RATE" ] || die "cannot read the --probe.* defaults from --help"
+
+cat >"$TMP/bench.py" <<'PY'
+"""Small helpers of benches/run.sh: a fast accept loop, parsers, percentiles."""
+import json, os, re, selectors, signal, socket, statistics, sys, time, urllib.request
+import xml.etree.ElementTree as ET
+
+SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def samples(text):
+    for line in text.splitlines():
+        if not line or line[0] == '#':
+            continue
+        m = SAMPLE.match(line)
+        if m:
+            yield m.group(1), dict(LABEL.findall(m.group(2) or '')), float(m.group(3))
+
+
+def total(text, name, **want):
+    return sum(v for n, l, v in samples(text) if n == name and all(l.get(k) == w for k, w in want.items()))
+
+
+def listen(status, *ports):
+    """Accepts and closes connections on every port as fast as it can; counts them."""
+    sel = selectors.DefaultSelector()
+    for p in ports:
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(('0.0.0.0', int(p)))
+        s.listen(65535)  # capped by net.core.somaxconn
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    count, last = 0, 0.0
+
+    def write():
+        with open(status + '.tmp', 'w') as f:
+            f.write(str(count))
+        os.replace(status + '.tmp', status)
+
+    write()
+    while not stop:
+        for key, _ in sel.select(0.2):
+            s = key.fileobj
+            while True:
+                try:
+                    c, _ = s.accept()
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue
+                c.close()
+                count += 1
+        now = time.monotonic()
+        if now - last >= 0.2:
+            write()
+            last = now
+    write()
+
+
+def launch_ready(result, log, url_base, limit, *cmd):
+    """Starts cmd, then polls /-/healthy and /-/ready every 10 ms; writes its PID and the
+    seconds from the start to the first 200 of each to `result`, then stays its parent until
+    it exits (so it is reaped)."""
+    import subprocess
+    with open(log, 'w') as f:
+        t0 = time.time()
+        p = subprocess.Popen(cmd, stdout=f, stderr=f, stdin=subprocess.DEVNULL)
+    with open(result + '.pid', 'w') as f:
+        f.write(str(p.pid))
+    import io, contextlib
+    out = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(out):
+            wait_ready(url_base, t0, limit)
+        with open(f'/proc/{p.pid}/stat') as f:
+            fields = f.read().rsplit(')', 1)[1].split()
+        cpu = (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+        line = f'{p.pid} {out.getvalue().strip()} {cpu:.2f}'
+    except SystemExit:
+        line = f'{p.pid} not-ready'
+    with open(result + '.tmp', 'w') as f:
+        f.write(line)
+    os.replace(result + '.tmp', result)
+    sys.exit(p.wait())
+
+
+def wait_ready(url_base, t0, limit):
+    """Polls /-/healthy then /-/ready every 10 ms; prints seconds since t0 for both."""
+    t0, limit = float(t0), float(limit)
+    up = None
+    while time.time() - t0 < limit:
+        for path in (['/-/healthy'] if up is None else []) + ['/-/ready']:
+            try:
+                with urllib.request.urlopen(url_base + path, timeout=2) as r:
+                    code = r.status
+            except urllib.error.HTTPError as e:
+                code = e.code
+            except OSError:
+                code = 0
+            now = time.time()
+            if path == '/-/healthy' and code == 200:
+                up = now - t0
+            if path == '/-/ready' and code == 200:
+                print(f'{up if up is not None else now - t0:.4f} {now - t0:.4f}')
+                return
+        time.sleep(0.01)
+    sys.exit('not ready within %s s' % limit)
+
+
+def wrk(path):
+    """wrk's output as key=value: rps, requests, errors, non2xx, p50_ms, p99_ms."""
+    text = open(path).read()
+    unit = {'us': 1e-3, 'ms': 1.0, 's': 1e3, 'm': 6e4}
+
+    def ms(s):
+        m = re.match(r'([0-9.]+)(us|ms|s|m)$', s)
+        return float(m.group(1)) * unit[m.group(2)]
+    out = {'rps': float(re.search(r'Requests/sec:\s+([0-9.]+)', text).group(1)),
+           'requests': int(re.search(r'(\d+) requests in', text).group(1))}
+    m = re.search(r'Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)', text)
+    out['errors'] = sum(map(int, m.groups())) if m else 0
+    m = re.search(r'Non-2xx or 3xx responses: (\d+)', text)
+    out['non2xx'] = int(m.group(1)) if m else 0
+    for q in ('50', '99'):
+        m = re.search(r'^\s+%s%%\s+(\S+)' % q, text, re.M)
+        out['p%s_ms' % q] = round(ms(m.group(1)), 3) if m else 'n/a'
+    print(' '.join(f'{k}={v}' for k, v in out.items()))
+
+
+def netstat():
+    """TcpExt ListenOverflows + ListenDrops of the caller's namespace."""
+    lines = [l.split() for l in open('/proc/net/netstat') if l.startswith('TcpExt:')]
+    d = dict(zip(lines[0][1:], map(int, lines[1][1:])))
+    print(d.get('ListenOverflows', 0) + d.get('ListenDrops', 0))
+
+
+def metric(path, name, *labels):
+    text = open(path).read()
+    want = dict(l.split('=', 1) for l in labels)
+    print(repr(total(text, name, **want)) if any(n == name for n, _, _ in samples(text)) else 'n/a')
+
+
+def quantile(before, after, name, q):
+    """histogram_quantile(q) of the increase of histogram `name` between two scrapes."""
+    def buckets(path):
+        return {l['le']: v for n, l, v in samples(open(path).read()) if n == name + '_bucket'}
+    b, a = buckets(before), buckets(after)
+    les = sorted(a, key=lambda le: float(le))
+    delta = [(float(le), a[le] - b.get(le, 0.0)) for le in les]
+    count = delta[-1][1]
+    if count <= 0:
+        print('n/a 0')
+        return
+    rank = float(q) * count
+    prev_le, prev_c = 0.0, 0.0
+    for le, c in delta:
+        if c >= rank:
+            if le == float('inf'):  # like Prometheus: the highest finite bound
+                print(f'>{prev_le:g} {int(count)}')
+                return
+            v = prev_le + (le - prev_le) * ((rank - prev_c) / (c - prev_c) if c > prev_c else 1)
+            print(f'{v:.6f} {int(count)}')
+            return
+        prev_le, prev_c = le, c
+
+
+def states_ours(path, target):
+    text = open(path).read()
+    counts, ports = {}, {}
+    for n, l, v in samples(text):
+        if l.get('target') != target:
+            continue
+        if n == 'port_target_ports':
+            counts[l['state']] = counts.get(l['state'], 0) + int(v)
+        elif n == 'port_state' and v == 1:
+            ports[int(l['port'])] = l['state']
+    return counts, ports
+
+
+def states_nmap(path):
+    root = ET.parse(path).getroot()
+    counts, ports = {}, {}
+    for host in root.iter('host'):
+        for ep in host.iter('extraports'):
+            counts[ep.get('state')] = counts.get(ep.get('state'), 0) + int(ep.get('count'))
+        for p in host.iter('port'):
+            st = p.find('state').get('state')
+            ports[int(p.get('portid'))] = st
+            counts[st] = counts.get(st, 0) + 1
+    elapsed = root.find('runstats/finished').get('elapsed')
+    return counts, ports, elapsed
+
+
+def compare(ours, nmap, target):
+    """Whether our states of the range agree with nmap's: prints agree|DISAGREE and details."""
+    oc, op = states_ours(ours, target)
+    nc, np_, _ = states_nmap(nmap)
+    oc = {k: v for k, v in oc.items() if v}
+    problems = []
+    if oc != nc:
+        problems.append(f'counts ours {oc} nmap {nc}')
+    for state in ('open', 'filtered'):
+        o = sorted(p for p, s in op.items() if s == state)
+        n = sorted(p for p, s in np_.items() if s == state)
+        if o != n:
+            problems.append(f'{state} ours {o[:20]} nmap {n[:20]}')
+    summary = ' '.join(f'{k}={oc.get(k, 0)}' for k in ('open', 'closed', 'filtered', 'error'))
+    print(('agree ' if not problems else 'DISAGREE ') + summary + ('; ' + '; '.join(problems) if problems else ''))
+
+
+def nmap_summary(path):
+    counts = states_nmap(path)[0]
+    print(' '.join(f'{k}={counts.get(k, 0)}' for k in ('open', 'closed', 'filtered')))
+
+
+def nmap_elapsed(path):
+    print(states_nmap(path)[2])
+
+
+def sample(pid, url, seconds, every):
+    """Every `every` s for `seconds` s: in-flight probes (from /metrics) and VmRSS (kB)."""
+    end = time.time() + float(seconds)
+    out = []
+    while time.time() < end:
+        t = time.time()
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+            inflight = total(text, 'port_exporter_probes_in_flight')
+        except OSError:
+            inflight = -1
+        rss = int(next(l.split()[1] for l in open(f'/proc/{pid}/status') if l.startswith('VmRSS:')))
+        out.append((round(t, 2), int(inflight), rss))
+        time.sleep(max(0.0, float(every) - (time.time() - t)))
+    json.dump(out, sys.stdout)
+
+
+def inflight_rss(path, ports, frac):
+    """From sample's JSON: max in flight, max RSS among samples with >= frac*ports in flight."""
+    data = json.load(open(path))
+    most = max(i for _, i, _ in data)
+    busy = [r for _, i, r in data if i >= float(frac) * int(ports)]
+    print(most, max(busy) if busy else 'n/a', len(busy), len(data))
+
+
+def median_rss(path):
+    data = json.load(open(path))
+    print(int(statistics.median(r for _, _, r in data)), max(i for _, i, _ in data))
+
+
+def stats(*values):
+    """median min max of numbers."""
+    v = sorted(float(x) for x in values)
+    print(f'{statistics.median(v):.4f} {v[0]:.4f} {v[-1]:.4f}')
+
+
+def config_many(path, targets, ports, interval):
+    """(c, d): `targets` targets on 127.1.x.y, each with `ports` listed ports from 10000."""
+    plist = ', '.join(str(10000 + i) for i in range(int(ports)))
+    with open(path, 'w') as f:
+        f.write(f'[defaults]\ninterval = "{interval}"\ntimeout = "1s"\nretries = 1\nexpect = "closed"\n')
+        for i in range(int(targets)):
+            f.write(f'\n[[targets]]\nname = "t{i:04d}"\nhost = "127.1.{i // 250}.{i % 250 + 1}"\nports = [{plist}]\n')
+
+
+if __name__ == '__main__':
+    globals()[sys.argv[1].replace('-', '_')](*sys.argv[2:])
+PY
+
+# The listener: every port that should read open in this run.
+ALL_OPEN=("$OPEN_A" "${B_OPEN[@]}" "${D_OPEN[@]}" "${E_OPEN[@]}")
+spawn LISTENER "$TMP/listener.log" python3 "$TMP/bench.py" listen "$TMP/accepts" "${ALL_OPEN[@]}"
+for _ in $(seq 50); do [ -s "$TMP/accepts" ] && break; sleep 0.1; done
+[ -s "$TMP/accepts" ] || die "the listener did not start: $(cat "$TMP/listener.log")"
+accepts() { cat "$TMP/accepts"; }
+overflows() { nsx python3 "$TMP/bench.py" netstat; }
+
+LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# ---------------------------------------------------------------------------------------------
+# 2a. /probe throughput, ours vs blackbox_exporter, and (f) TIME_WAIT after each.
+log "(a) /probe throughput: wrk ${WRK_ARGS[*]}"
+cat >"$TMP/probe.toml" <<EOF
+[defaults]
+timeout = "1s"
+retries = 0
+
+[probe]
+allow = ["127.0.0.0/8"]
+EOF
+cat >"$TMP/blackbox.yml" <<EOF
+modules:
+  tcp_connect:
+    prober: tcp
+    timeout: 1s
+EOF
+OURS_URL="http://$OURS_ADDR/probe?target=127.0.0.1:$OPEN_A"
+BB_URL="http://$BB_ADDR/probe?module=tcp_connect&target=127.0.0.1:$OPEN_A"
+
+W_rps="" W_requests="" W_errors="" W_non2xx="" W_p99_ms=""
+probe_run() { # probe_run NAME URL PID: check, warm up, measure; sets W_*, A_*
+    local name=$1 url=$2 pid=$3
+    fetch "$url" >"$TMP/$name.probe.txt" || die "$name /probe failed"
+    grep -q '^probe_success 1' "$TMP/$name.probe.txt" || die "$name /probe of the open port is not a success: $(grep probe_success "$TMP/$name.probe.txt")"
+    if [ ${#WRK_WARMUP[@]} -gt 0 ]; then nsx wrk "${WRK_WARMUP[@]}" "$url" >/dev/null; fi
+    sleep 0.5
+    local a0 o0
+    local c0 l0
+    a0=$(accepts) o0=$(overflows) c0=$(cpu_ticks "$pid") l0=$(cpu_ticks "$LISTENER")
+    cmd nsx wrk "${WRK_ARGS[@]}" "$url" >"$TMP/$name.wrk.txt" || die "wrk against $name"
+    A_CPU=$(($(cpu_ticks "$pid") - c0)) A_LCPU=$(($(cpu_ticks "$LISTENER") - l0))
+    sleep 0.5
+    A_ACCEPTS=$(($(accepts) - a0)) A_OVERFLOWS=$(($(overflows) - o0))
+    W_LINE=$(py wrk "$TMP/$name.wrk.txt")
+    local k v kv
+    for kv in $W_LINE; do
+        k=${kv%%=*} v=${kv#*=}
+        printf -v "W_$k" '%s' "$v"
+    done
+    fetch "$url" >"$TMP/$name.probe2.txt" || die "$name /probe after the load"
+    grep -q '^probe_success 1' "$TMP/$name.probe2.txt" || die "$name /probe fails after the load"
+    # CPU time of the exporter per request (us), and of the listener.
+    A_CPU_US=$(calc "$A_CPU / $CLK * 1e6 / $W_requests" .0f)
+    A_LCPU_S=$(calc "$A_LCPU / $CLK" .1f)
+    log "  $name: $W_LINE accepts=$A_ACCEPTS listen-overflows=$A_OVERFLOWS exporter-cpu=${A_CPU_US}us/request listener-cpu=${A_LCPU_S}s"
+}
+
+start_ours OURS "$TMP/probe.toml" "$TMP/ours-probe.log"
+probe_run ours "$OURS_URL" "$OURS"
+O_RPS=$W_rps O_REQ=$W_requests O_ERR=$W_errors O_NON2XX=$W_non2xx O_P99=$W_p99_ms O_ACC=$A_ACCEPTS O_OVF=$A_OVERFLOWS O_CPU=$A_CPU_US O_LCPU=$A_LCPU_S
+sleep 1
+F_OURS_TW=$(ss_tw "( sport = :$OPEN_A or dport = :$OPEN_A )")
+stop "$OURS"
+
+spawn BB "$TMP/blackbox.log" prometheus-blackbox-exporter --config.file="$TMP/blackbox.yml" --web.listen-address="$BB_ADDR"
+wait_http "http://$BB_ADDR/-/healthy" 30 || die "blackbox_exporter did not start: $(tail -5 "$TMP/blackbox.log")"
+F_BB_TW_BEFORE=$(ss_tw "( sport = :$OPEN_A or dport = :$OPEN_A )")
+probe_run blackbox "$BB_URL" "$BB"
+B_RPS=$W_rps B_REQ=$W_requests B_ERR=$W_errors B_NON2XX=$W_non2xx B_P99=$W_p99_ms B_ACC=$A_ACCEPTS B_OVF=$A_OVERFLOWS B_CPU=$A_CPU_US B_LCPU=$A_LCPU_S
+sleep 1
+F_BB_TW=$(ss_tw "( sport = :$OPEN_A or dport = :$OPEN_A )")
+F_BB_TW_PROBER=$(ss_tw "( dport = :$OPEN_A )")
+TW_MAX=$(nsx cat /proc/sys/net/ipv4/tcp_max_tw_buckets)
+stop "$BB"
+
+RATIO_A=$(calc "$O_RPS / $B_RPS" .2f)
+row "a. /probe throughput (requests/s, wrk ${WRK_ARGS[*]})" "$O_RPS" "$B_RPS (blackbox_exporter)" "${RATIO_A}x" ">= 3x" "$(judge "$RATIO_A" '>=' 3)"
+row "a. /probe wrk socket errors + non-2xx" "$O_ERR + $O_NON2XX" "$B_ERR + $B_NON2XX" "" "0" \
+    "$(judge "$((O_ERR + O_NON2XX + B_ERR + B_NON2XX))" '==' 0)"
+row "a. /probe CPU time of the exporter per request (us)" "$O_CPU" "$B_CPU" "$(calc "$O_CPU / $B_CPU" .2f)x" "" "n/a"
+row "a. /probe latency p99 (ms, under that load)" "$O_P99" "$B_P99" "$(calc "$O_P99 / $B_P99" .2f)x" "" "n/a"
+row "a. listener kept up: accepts / requests, listen overflows" "$O_ACC / $O_REQ, $O_OVF" "$B_ACC / $B_REQ, $B_OVF" "" "accepts >= requests, 0 overflows" \
+    "$(judge "$(( (O_ACC >= O_REQ && B_ACC >= B_REQ && O_OVF == 0 && B_OVF == 0) ? 1 : 0 ))" '==' 1)"
+note "a. Both /probe endpoints probe 127.0.0.1:$OPEN_A (a python3 accept-and-close loop) with a 1 s timeout and one attempt; the same wrk client, one after the other (ours first), each after a 2 s warm-up run (full mode). 'accepts' counts the listener's accepted connections during the wrk run (one per probe), 'listen overflows' is TcpExtListenOverflows+ListenDrops of the namespace: both show whether the listener kept up. wrk, the exporter and the listener share the machine's $(nproc) cores; the listener used $O_LCPU CPU-s during our run and $B_LCPU CPU-s during blackbox's. CPU per request = utime+stime of the exporter process over the wrk run / requests."
+
+# ---------------------------------------------------------------------------------------------
+# 2b. Full range vs nmap.
+log "(b) full range $RANGE_LO-$RANGE_HI vs nmap"
+cmd nsx iptables -A INPUT -p tcp --dport "$B_DROP" -j DROP
+cat >"$TMP/range.toml" <<EOF
+[defaults]
+interval = "1h"
+timeout = "1s"
+retries = 0
+expect = "closed"
+
+[[targets]]
+name = "range"
+host = "127.0.0.1"
+ports = ["$RANGE_LO-$RANGE_HI"]
+EOF
+# nmap, NMAP_RUNS times; sets NMAP_TIMES; the first run's XML is the reference.
+run_nmap() {
+    local i xml wall user sys
+    NMAP_TIMES=() NMAP_CPU=()
+    CMDS+=("ip netns exec $NS nmap -sT -Pn -n -T4 -p$RANGE_LO-$RANGE_HI 127.0.0.1 -oX nmap.xml   # x$NMAP_RUNS, timed with bash's time")
+    for i in $(seq "$NMAP_RUNS"); do
+        xml=$TMP/nmap$i.xml
+        [ "$i" = 1 ] && xml=$TMP/nmap.xml
+        read -r wall user sys < <({ TIMEFORMAT='%R %U %S'; time nsx timeout 600 nmap -sT -Pn -n -T4 -p"$RANGE_LO-$RANGE_HI" 127.0.0.1 -oX "$xml" >/dev/null; } 2>&1) \
+            || die "nmap"
+        [ -s "$xml" ] || die "nmap wrote no XML"
+        NMAP_TIMES+=("$wall") NMAP_CPU+=("$(calc "$user + $sys" .2f)")
+    done
+    read -r NMAP_MED _ _ <<<"$(py stats "${NMAP_TIMES[@]}")"
+    log "  nmap: ${NMAP_TIMES[*]} s ($(py nmap_summary "$TMP/nmap.xml"))"
+}
+
+# One run of ours: start, time to ready, compare the states with nmap's; sets R_TIME R_UP R_AGREE.
+# The first run also runs nmap once ours is ready and idle (interval 1h), so that both see the
+# same listeners, our own HTTP port included.
+range_run() {
+    local tag=$1
+    shift
+    local launcher pid i res="$TMP/range-$tag.result"
+    # The launcher starts the exporter itself, so the clock starts at the exec, not at python's.
+    spawn launcher "$TMP/range-$tag.launcher.log" python3 "$TMP/bench.py" launch-ready "$res" "$TMP/range-$tag.log" \
+        "http://$OURS_ADDR" 600 "$BIN" --config.file "$TMP/range.toml" --web.listen-address "$OURS_ADDR" "$@"
+    for i in $(seq 6100); do
+        [ -s "$res" ] && break
+        kill -0 "$launcher" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -s "$res" ] || die "range run $tag: no result: $(cat "$TMP/range-$tag.launcher.log" "$TMP/range-$tag.log" 2>/dev/null | tail -5)"
+    read -r pid R_UP R_TIME R_CPU <"$res" || true # no trailing newline
+    PIDS+=("$pid")
+    [ "$R_UP" != not-ready ] || { kill "$pid"; die "range run $tag: not ready: $(tail -3 "$TMP/range-$tag.log")"; }
+    fetch "http://$OURS_ADDR/metrics" >"$TMP/range-$tag.metrics" || die "range run $tag: /metrics"
+    [ -s "$TMP/nmap.xml" ] || run_nmap
+    kill -TERM "$pid"
+    for i in $(seq 100); do kill -0 "$launcher" 2>/dev/null && sleep 0.1 || break; done
+    stop "$launcher"
+    stop "$pid"
+    R_AGREE=$(py compare "$TMP/range-$tag.metrics" "$TMP/nmap.xml" range)
+    log "  ours $tag ($*): ready after ${R_TIME}s (up after ${R_UP}s, ${R_CPU} CPU-s), $R_AGREE"
+}
+DEF_TIMES=()
+B_ALL_AGREE=1
+B_DETAIL=()
+for i in $(seq "$OURS_RUNS"); do
+    if [ "$i" = 1 ]; then CMDS+=("(timed from start to /-/ready 200) ip netns exec $NS $BIN --config.file range.toml --web.listen-address $OURS_ADDR [--probe.concurrency C --probe.rate R]"); fi
+    range_run "default$i"
+    DEF_TIMES+=("$R_TIME")
+    [[ "$R_AGREE" == agree* ]] || B_ALL_AGREE=0
+    B_DETAIL+=("default (--probe.concurrency $DEF_CONC --probe.rate $DEF_RATE) run $i: ${R_TIME} s, ${R_CPU} CPU-s, $R_AGREE")
+done
+read -r DEF_MED _ _ <<<"$(py stats "${DEF_TIMES[@]}")"
+BEST_TIME=$DEF_MED BEST_SET="--probe.concurrency $DEF_CONC --probe.rate $DEF_RATE, the defaults"
+if [ "$MODE" = full ]; then
+    GRID=("$DEF_CONC 0" "128 0" "4096 0" "4096 $DEF_RATE" "$DEF_CONC 100000" "4096 100000" "256 $DEF_RATE")
+else
+    GRID=("$DEF_CONC 0")
+fi
+for g in "${GRID[@]}"; do
+    read -r c r <<<"$g"
+    range_run "c$c-r$r" --probe.concurrency "$c" --probe.rate "$r"
+    B_DETAIL+=("--probe.concurrency $c --probe.rate $r: ${R_TIME} s, ${R_CPU} CPU-s, $R_AGREE")
+    if [[ "$R_AGREE" == agree* ]]; then
+        if awk "BEGIN { exit !($R_TIME < $BEST_TIME) }"; then BEST_TIME=$R_TIME BEST_SET="--probe.concurrency $c --probe.rate $r"; fi
+    else
+        B_ALL_AGREE=0
+    fi
+done
+RATIO_B=$(calc "$DEF_MED / $NMAP_MED" .2f)
+RATIO_BEST=$(calc "$BEST_TIME / $NMAP_MED" .2f)
+row "b. full range $RANGE_LO-$RANGE_HI, start to ready (s), default flags" "$DEF_MED" "$NMAP_MED (nmap -sT -T4)" "${RATIO_B}x" "<= 0.5x" "$(judge "$RATIO_B" '<=' 0.5)"
+row "b. full range, best flags ($BEST_SET)" "$BEST_TIME" "$NMAP_MED" "${RATIO_BEST}x" "<= 0.5x" "$(judge "$RATIO_BEST" '<=' 0.5)"
+row "b. full range states agree with nmap (every run)" "$(echo "$R_AGREE" | cut -d' ' -f2-5 | cut -d';' -f1)" "$(py nmap_summary "$TMP/nmap.xml")" "" "same states, no false filtered" "$(judge "$B_ALL_AGREE" '==' 1)"
+note "b. Ours: the time from starting the process to the first 200 of /-/ready (every target probed once; polled every 10 ms from inside the namespace; the process is up, /-/healthy, after a few ms, so this is the first round's duration); median of $OURS_RUNS run(s): ${DEF_TIMES[*]} s. nmap: wall time of $NMAP_RUNS run(s): ${NMAP_TIMES[*]} s, CPU (user+sys) ${NMAP_CPU[*]} s (nmap's own elapsed, first run: $(py nmap_elapsed "$TMP/nmap.xml") s). CPU-s of ours = utime+stime of the process at ready. Retries 0: the DROP port's probe alone takes timeout x (retries + 1), so 1 s is a floor for ours with this config (with retries 1 every setting measured 2.2 s, the 2 s floor); no false filtered is checked above; nmap adapts its timeouts to the round-trip times it measures (about 1 s for that port scanned alone). Config: timeout 1s, retries 0, expect closed; open: ${B_OPEN[*]} and whatever else listens in the namespace (the listener's other ports, our own $OURS_ADDR), filtered: $B_DROP (iptables DROP). Flags tried (each run compared with nmap):"
+for d in "${B_DETAIL[@]}"; do note "   - $d"; done
+nsx iptables -D INPUT -p tcp --dport "$B_DROP" -j DROP
+
+# ---------------------------------------------------------------------------------------------
+# 2c. /metrics with 100k pairs, and 2d. scheduled probing of the same pairs.
+log "(c) /metrics with $C_TARGETS targets x $C_PORTS ports = $PAIRS pairs"
+py config_many "$TMP/many.toml" "$C_TARGETS" "$C_PORTS" "$C_INTERVAL"
+CMDS+=("# many.toml: $C_TARGETS targets 127.1.x.y, ports = [10000, ..., $((10000 + C_PORTS - 1))] each, interval $C_INTERVAL, timeout 1s, retries 1, expect closed")
+T_MANY=$(date +%s.%N)
+start_ours MANY "$TMP/many.toml" "$TMP/many.log"
+line=$(nsx python3 "$TMP/bench.py" wait-ready "http://$OURS_ADDR" "$T_MANY" 600) || die "100k exporter not ready"
+read -r _ MANY_READY <<<"$line"
+sleep 1
+MANY_RSS_READY=$(rss_kb "$MANY") # before any scrape: no rendered table cached yet
+log "  ready after $MANY_READY s"
+fetch "http://$OURS_ADDR/metrics" >"$TMP/many.metrics" || die "/metrics"
+SIZE=$(stat -c %s "$TMP/many.metrics")
+LINES=$(grep -vc '^#' "$TMP/many.metrics" || true)
+ROWS_STATE=$(grep -c '^port_state{' "$TMP/many.metrics" || true)
+[ "$ROWS_STATE" -ge $((PAIRS * 4)) ] || die "expected $((PAIRS * 4)) port_state series, got $ROWS_STATE"
+
+scrape_times() { # scrape_times N [curl args]: prints time_total of each, one per line
+    local n=$1 i
+    shift
+    for i in $(seq "$n"); do
+        nsx curl -sf -m 60 -o /dev/null -w '%{time_total} %{size_download}\n' "$@" "http://$OURS_ADDR/metrics"
+    done
+}
+CMDS+=("ip netns exec $NS curl -sf -o /dev/null -w '%{time_total}' http://$OURS_ADDR/metrics   # x$SCRAPES, then with -H 'Accept-Encoding: gzip' x$SCRAPES, then $CONCURRENT at once")
+mapfile -t PLAIN < <(scrape_times "$SCRAPES")
+mapfile -t GZ < <(scrape_times "$SCRAPES" -H 'Accept-Encoding: gzip')
+mapfile -t PLAIN_T < <(printf '%s\n' "${PLAIN[@]}" | cut -d' ' -f1)
+mapfile -t GZ_T < <(printf '%s\n' "${GZ[@]}" | cut -d' ' -f1)
+read -r C_MED C_MIN C_MAX <<<"$(py stats "${PLAIN_T[@]}")"
+read -r G_MED G_MIN G_MAX <<<"$(py stats "${GZ_T[@]}")"
+GZ_SIZE=$(echo "${GZ[-1]}" | cut -d' ' -f2)
+
+# Concurrent scrapes: each body carries the renders counter; compare with the last scrape before.
+# The exporter's own metrics come after the table: read the counter from the bodies' tails.
+renders_in() { tail -c 200000 "$1" | awk '/^port_exporter_table_renders_total / { print $2 }'; }
+fetch "http://$OURS_ADDR/metrics" >"$TMP/before.metrics"
+R_BEFORE=$(renders_in "$TMP/before.metrics")
+CPIDS=()
+for i in $(seq "$CONCURRENT"); do
+    nsx curl -sf -m 60 -o "$TMP/conc$i.metrics" -w '%{time_total}\n' "http://$OURS_ADDR/metrics" >"$TMP/conc$i.time" &
+    CPIDS+=($!)
+done
+for p in "${CPIDS[@]}"; do wait "$p" || die "a concurrent scrape failed"; done
+R_SEEN=()
+for i in $(seq "$CONCURRENT"); do R_SEEN+=("$(renders_in "$TMP/conc$i.metrics")"); done
+R_AFTER=$(printf '%s\n' "${R_SEEN[@]}" | sort -g | tail -1)
+R_USED=$(calc "$R_AFTER - $R_BEFORE" .0f)
+mapfile -t CONC_T < <(cat "$TMP"/conc*.time)
+read -r CC_MED _ CC_MAX <<<"$(py stats "${CONC_T[@]}")"
+rm -f "$TMP"/conc*.metrics "$TMP/before.metrics"
+
+# The baseline "peer": the same bytes as a static file from python3 -m http.server.
+mkdir -p "$TMP/static"
+cp "$TMP/many.metrics" "$TMP/static/metrics"
+spawn STATIC "$TMP/static.log" python3 -m http.server "${STATIC_ADDR##*:}" --bind "${STATIC_ADDR%:*}" --directory "$TMP/static"
+wait_http "http://$STATIC_ADDR/metrics" 20 || die "python3 -m http.server did not start"
+mapfile -t STATIC_T < <(for i in $(seq "$SCRAPES"); do nsx curl -sf -m 60 -o /dev/null -w '%{time_total}\n' "http://$STATIC_ADDR/metrics"; done)
+read -r S_MED _ _ <<<"$(py stats "${STATIC_T[@]}")"
+stop "$STATIC"
+rm -rf "$TMP/static"
+
+C_MED_MS=$(calc "$C_MED * 1000" .1f)
+G_MED_MS=$(calc "$G_MED * 1000" .1f)
+S_MED_MS=$(calc "$S_MED * 1000" .1f)
+row "c. /metrics, $PAIRS pairs, median of $SCRAPES uncompressed scrapes (ms)" "$C_MED_MS ($(calc "$SIZE / 1048576" .1f) MiB)" "none; static file via python3 http.server: $S_MED_MS" "$(calc "$C_MED / $S_MED" .2f)x" "< 250 ms" "$(judge "$C_MED_MS" '<' 250)"
+row "c. /metrics gzip, median of $SCRAPES (ms)" "$G_MED_MS ($(calc "$GZ_SIZE / 1048576" .1f) MiB)" "none" "" "" "n/a"
+row "c. $CONCURRENT concurrent scrapes: slowest (ms), table renders used" "$(calc "$CC_MAX * 1000" .1f), $R_USED renders" "none" "" "shared (renders < $CONCURRENT)" "$(judge "$R_USED" '<' "$CONCURRENT")"
+note "c. $C_TARGETS targets on 127.1.x.y x $C_PORTS listed ports (10000-$((10000 + C_PORTS - 1)); ${D_OPEN[*]} open, the rest closed; expect closed) = $PAIRS pairs, $ROWS_STATE port_state series, $LINES samples, $SIZE bytes ($GZ_SIZE gzip). Ready after $MANY_READY s. curl time_total: uncompressed median $C_MED s (min $C_MIN, max $C_MAX), gzip median $G_MED s (min $G_MIN, max $G_MAX). The table changes all the time (probes run during the scrapes), so sequential scrapes each render. $CONCURRENT concurrent scrapes: median $CC_MED s, slowest $CC_MAX s; renders counter before $R_BEFORE, seen in their bodies: ${R_SEEN[*]}. The static-file baseline serves the same $SIZE bytes (median of $SCRAPES: $S_MED s); there is no peer exporter for this figure."
+
+log "(d) scheduled probing: warm-up $D_WARMUP s, window $D_WINDOW s"
+sleep "$D_WARMUP"
+# Only the exporter's own metrics (at the end of the body) are needed from these two scrapes.
+fetch "http://$OURS_ADDR/metrics" >"$TMP/d.tmp" && tail -c 200000 "$TMP/d.tmp" | sed '1d' >"$TMP/d0.metrics"
+c0=$(cpu_ticks "$MANY") w0=$(date +%s.%N)
+sleep "$D_WINDOW"
+c1=$(cpu_ticks "$MANY") w1=$(date +%s.%N)
+RSS=$(rss_kb "$MANY") HWM=$(hwm_kb "$MANY")
+fetch "http://$OURS_ADDR/metrics" >"$TMP/d.tmp" && tail -c 200000 "$TMP/d.tmp" | sed '1d' >"$TMP/d1.metrics"
+rm -f "$TMP/d.tmp"
+CORES=$(calc "($c1 - $c0) / $CLK / ($w1 - $w0)" .3f)
+KB_PAIR=$(calc "$RSS / $PAIRS" .2f)
+read -r D_P99 D_N <<<"$(py quantile "$TMP/d0.metrics" "$TMP/d1.metrics" port_exporter_probe_start_lateness_seconds 0.99)"
+D_PROBES=$(calc "$(py metric "$TMP/d1.metrics" port_exporter_probes_total) - $(py metric "$TMP/d0.metrics" port_exporter_probes_total)" .0f)
+D_EXPECTED=$(calc "$PAIRS * ($w1 - $w0) / ${C_INTERVAL%s}" .0f)
+D_FILTER="sport = :${D_OPEN[0]}"
+for p in "${D_OPEN[@]}"; do D_FILTER="$D_FILTER or sport = :$p or dport = :$p"; done
+F_D_TW=$(ss_tw "( $D_FILTER )")
+row "d. scheduled probing of $PAIRS pairs every $C_INTERVAL: CPU (cores)" "$CORES" "none" "" "<= 0.5 core" "$(judge "$CORES" '<=' 0.5)"
+row "d. resident memory per pair (KB)" "$KB_PAIR ($(calc "$RSS / 1024" .0f) MiB)" "none" "" "<= 2 KB" "$(judge "$KB_PAIR" '<=' 2)"
+D_P99_MS=$(ms_or "$D_P99")
+if [[ "$D_P99" == ">"* ]]; then D_RES=FAIL; else D_RES=$(judge "$D_P99" '<' 1); fi
+row "d. probe start lateness p99 (ms)" "$D_P99_MS" "none" "" "< 1000 ms" "$D_RES"
+note "d. Window $(calc "$w1 - $w0" .1f) s after ${D_WARMUP} s of warm-up (and the scrapes of c), no scrapes inside it: $D_PROBES probes finished (schedule: ~$D_EXPECTED), $D_N lateness observations. VmRSS at the end $RSS kB, which includes the last rendering the exporter caches for the next scrape ($SIZE bytes of text and $GZ_SIZE of gzip); $MANY_RSS_READY kB 1 s after ready, before any scrape; peak VmHWM $HWM kB ($(calc "$HWM / $PAIRS" .2f) KB/pair), reached while rendering for the scrapes of c. Per pair = VmRSS at the end / $PAIRS. CPU = (utime+stime) of /proc/PID/stat over the window / wall time."
+stop "$MANY"
+
+# ---------------------------------------------------------------------------------------------
+# 2e. 10,000 silent ports in flight.
+log "(e) $E_PORTS silent ports in flight"
+cat >"$TMP/silent.toml" <<EOF
+[[targets]]
+name = "silent"
+host = "127.0.0.1"
+ports = ["$E_LO-$E_HI"]
+timeout = "${E_TIMEOUT}s"
+retries = 0
+interval = "${E_INTERVAL}s"
+expect = "not_open"
+
+[[targets]]
+name = "open"
+host = "127.0.0.1"
+ports = [$(IFS=,; echo "${E_OPEN[*]}" | sed 's/,/, /g')]
+timeout = "1s"
+retries = 0
+interval = "1s"
+expect = "open"
+EOF
+start_ours SILENT "$TMP/silent.toml" "$TMP/silent.log" --probe.concurrency "$E_CONC"
+wait_http "http://$OURS_ADDR/-/ready" 60 || die "(e) not ready"
+# Baseline: the same process and table (every silent port has its row, closed), nothing waiting.
+nsx python3 "$TMP/bench.py" sample "$SILENT" "http://$OURS_ADDR/metrics" "$E_BASE_SECS" 0.5 >"$TMP/e-base.json"
+read -r E_BASE E_BASE_INFLIGHT <<<"$(py median_rss "$TMP/e-base.json")"
+cmd nsx iptables -I INPUT -p tcp --dport "$E_LO:$E_HI" -j DROP
+fetch "http://$OURS_ADDR/metrics" >"$TMP/e0.metrics"
+# The silent target's next round (within one interval) finds every port silent: wait until
+# they are all in flight, then measure while they wait out their timeout.
+E_WAITED=""
+for i in $(seq $(((E_INTERVAL + 5) * 10))); do
+    n=$(in_flight || true)
+    if [ "${n:-0}" -ge "$E_PORTS" ]; then
+        E_WAITED=$(calc "$i / 10" .1f)
+        break
+    fi
+    sleep 0.1
+done
+[ -n "$E_WAITED" ] || die "(e) the $E_PORTS silent ports were never all in flight at once"
+fetch "http://$OURS_ADDR/metrics" >"$TMP/e1.metrics"
+nsx python3 "$TMP/bench.py" sample "$SILENT" "http://$OURS_ADDR/metrics" "$E_WINDOW" 0.5 >"$TMP/e-silent.json"
+fetch "http://$OURS_ADDR/metrics" >"$TMP/e2.metrics"
+E_HWM=$(hwm_kb "$SILENT")
+nsx iptables -D INPUT -p tcp --dport "$E_LO:$E_HI" -j DROP
+read -r E_MOST E_RSS E_BUSY E_SAMPLES <<<"$(py inflight_rss "$TMP/e-silent.json" "$E_PORTS" 0.9)"
+# Lateness while they are in flight (the other target's probes), and, for information, of the
+# round that started them.
+read -r E_P99 E_N <<<"$(py quantile "$TMP/e1.metrics" "$TMP/e2.metrics" port_exporter_probe_start_lateness_seconds 0.99)"
+read -r E_START_P99 E_START_N <<<"$(py quantile "$TMP/e0.metrics" "$TMP/e1.metrics" port_exporter_probe_start_lateness_seconds 0.99)"
+E_OPEN_OK=$(py metric "$TMP/e2.metrics" port_target_ports target=open state=open)
+stop "$SILENT"
+if [ "$E_RSS" = n/a ]; then E_EXTRA=n/a; else E_EXTRA=$(calc "($E_RSS - $E_BASE) / 1024" .1f); fi
+E_P99_MS=$(ms_or "$E_P99")
+if [[ "$E_P99" == ">"* ]]; then E_RES=FAIL; else E_RES=$(judge "$E_P99" '<' 0.05); fi
+row "e. $E_PORTS silent ports: most in flight" "$E_MOST" "none" "" "~$E_PORTS" "$(judge "$E_MOST" '>=' "$(calc "$E_PORTS * 0.9" .0f)")"
+row "e. extra resident memory with them in flight (MB)" "$E_EXTRA" "none" "" "<= 20 MB" "$(judge "$E_EXTRA" '<=' 20)"
+row "e. probe start lateness p99 while they are in flight (ms)" "$E_P99_MS" "none" "" "< 50 ms" "$E_RES"
+row "e. probe start lateness p99 of the round starting them (ms)" "$(ms_or "$E_START_P99")" "none" "" "" "n/a"
+note "e. --probe.concurrency $E_CONC; target 'silent' $E_LO-$E_HI (timeout ${E_TIMEOUT}s, retries 0, interval ${E_INTERVAL}s, expect not_open) and target 'open' (${#E_OPEN[@]} open ports, interval 1s). Baseline: median VmRSS $E_BASE kB over $E_BASE_SECS s after the first round, before the DROP rule (the silent ports answered with resets and have their rows; most in flight then: $E_BASE_INFLIGHT). Then the DROP rule; the target's next round had all $E_PORTS in flight $E_WAITED s later; then $E_SAMPLES samples every 0.5 s over $E_WINDOW s (inside the $E_TIMEOUT s the probes wait), $E_BUSY of them with >= 90% in flight; their highest VmRSS $E_RSS kB (VmHWM $E_HWM kB). Lateness while in flight: the $E_N probes started in that window (the open target's). Lateness of the round starting them: $E_START_N probes from the DROP rule until all were in flight, the $E_PORTS silent ones included. At the end $E_OPEN_OK of ${#E_OPEN[@]} open ports read open."
+
+# ---------------------------------------------------------------------------------------------
+# 2f. TIME_WAIT.
+row "f. TIME_WAIT sockets on the open port after the wrk run of a" "$F_OURS_TW" "$F_BB_TW (blackbox_exporter; $F_BB_TW_PROBER on its side)" "" "ours 0" "$(judge "$F_OURS_TW" '==' 0)"
+row "f. TIME_WAIT on ports ${D_OPEN[0]}-${D_OPEN[-1]} after the scheduled rounds of d" "$F_D_TW" "n/a" "" "0" "$(judge "$F_D_TW" '==' 0)"
+note "f. \`ss -tan state time-wait\` in the namespace, counting sockets with the open port on either side, 1 s after each wrk run ($O_REQ probes by ours, $B_REQ by blackbox; before blackbox's run: $F_BB_TW_BEFORE). The listener closes its side at once after accept; ours resets (SO_LINGER 0) so neither side keeps TIME_WAIT; blackbox closes with a FIN. net.ipv4.tcp_max_tw_buckets in the namespace: $TW_MAX."
+
+# ---------------------------------------------------------------------------------------------
+# 3. The report.
+LOAD_END=$(cut -d' ' -f1-3 /proc/loadavg)
+report() {
+    echo "## port_exporter benchmark ($MODE mode), $(date -u '+%Y-%m-%d %H:%M UTC')"
+    echo
+    echo "Machine: $(nproc) cores, kernel $(uname -r), CPU $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), memory $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); load average $LOAD_START at the start, $LOAD_END at the end (a shared machine: figures may be noisy). Run took $(($(date +%s) - T_START)) s."
+    echo
+    echo "Versions: ours \`$("$BIN" --version)\` (--probe.concurrency default $DEF_CONC, --probe.rate default $DEF_RATE); blackbox \`$(prometheus-blackbox-exporter --version 2>&1 | head -1)\`; \`$(nmap --version | head -1)\`; \`$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)\`."
+    echo
+    echo "Commands (namespace $NS, files in a temp dir):"
+    echo
+    echo '```'
+    printf '%s\n' "${CMDS[@]}"
+    echo '```'
+    echo
+    echo "| figure | ours | peer | ratio | goal | pass/fail |"
+    echo "|---|---|---|---|---|---|"
+    printf '%s\n' "${ROWS[@]}"
+    echo
+    echo "Notes:"
+    echo
+    printf -- '- %s\n' "${NOTES[@]}" | sed 's/^-    - /    - /'
+    echo
+    if [ "$FAILED_GOALS" -gt 0 ]; then
+        echo "$FAILED_GOALS goal(s) FAILED$([ "$MODE" = smoke ] && echo " (smoke mode: reported only; sizes are tiny, so the figures mean nothing)")."
+    else
+        echo "Every goal judged passed."
+    fi
+}
+FAILED_GOALS=$(printf '%s\n' "${ROWS[@]}" | grep -c '| FAIL |$' || true)
+report >"$TMP/report.md"
+cat "$TMP/report.md"
+[ -n "$OUT" ] && cp "$TMP/report.md" "$OUT"
+if [ "$MODE" = full ] && [ "$FAILED_GOALS" -gt 0 ]; then exit 3; fi
+exit 0
