@@ -280,7 +280,7 @@ fn snapshot(table: &StateTable) -> (Vec<TargetSnapshot>, Vec<RowSnapshot>) {
 }
 
 /// Appends `name="value"` with the value escaped as the text format requires.
-fn push_label(out: &mut String, name: &str, value: &str) {
+pub(crate) fn push_label(out: &mut String, name: &str, value: &str) {
     out.push_str(name);
     out.push_str("=\"");
     for c in value.chars() {

@@ -79,7 +79,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             max_in_flight: 1024,
-            max_per_second: 50_000,
+            max_per_second: 100_000,
             telemetry_path: "/metrics".to_string(),
             web_config: None,
             config_file: None,

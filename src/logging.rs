@@ -20,7 +20,10 @@ pub enum Format {
 pub fn init(level: Level, format: Format) {
     let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        // A failed write to stderr (a log reader gone) must not panic the task that logged,
+        // which could be the one that handles SIGTERM.
+        .log_internal_errors(false);
     match format {
         Format::Logfmt => builder.event_format(Logfmt).init(),
         Format::Json => builder.json().flatten_event(true).init(),

@@ -110,7 +110,7 @@ fn run(flags: Flags) -> anyhow::Result<()> {
     let shard = shard(&flags)?;
     let max_in_flight = fit_concurrency(flags.concurrency);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
-    runtime.block_on(async {
+    let result = runtime.block_on(async {
         let address = listen_address(&flags.listen_address)?;
         let listener = bind(address)
             .await
@@ -137,7 +137,11 @@ fn run(flags: Flags) -> anyhow::Result<()> {
         port_exporter::run(config, listener, options, shutdown).await?;
         tracing::info!("port_exporter stopped");
         Ok(())
-    })
+    });
+    // getaddrinfo on a dead resolver cannot be cancelled: do not wait for it past the grace
+    // period the HTTP server already had.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
 }
 
 /// The `--shard.*` flags; `None` when there is one shard.

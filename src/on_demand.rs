@@ -11,11 +11,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use prometheus::{Encoder, Gauge, GaugeVec, Opts, Registry, TextEncoder};
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::{Config, Expect, valid_host_name};
+use crate::exposition::push_label;
 use crate::probe::{Attempts, Outcome, Probe, State};
 use crate::resolve::Resolver;
 
@@ -253,89 +253,103 @@ impl ProbeReport {
     }
 
     /// The probe as metrics in the text format: the `port_state` family of this probe,
-    /// `probe_success` and `probe_duration_seconds`, as blackbox_exporter answers.
-    pub fn render(&self) -> Result<Vec<u8>, prometheus::Error> {
-        let registry = Registry::new();
-        let per_address = ["host", "port", "ip"];
-        let port_state = GaugeVec::new(
-            Opts::new(
-                "port_state",
-                "Port state as a state set: 1 for the current state.",
-            ),
-            &["host", "port", "ip", "state"],
-        )?;
-        let reason = GaugeVec::new(
-            Opts::new(
-                "port_state_reason",
-                "The reason behind the current port state.",
-            ),
-            &["host", "port", "ip", "reason"],
-        )?;
-        let connect = GaugeVec::new(
-            Opts::new(
-                "port_connect_duration_seconds",
-                "Time from connect() to the answer; absent when nothing answered.",
-            ),
-            &per_address,
-        )?;
-        let success = Gauge::new("probe_success", "Whether the probe met its expectation.")?;
-        let duration = Gauge::new(
-            "probe_duration_seconds",
-            "How long the probe took, lookup included.",
-        )?;
-        let dns = Gauge::new(
-            "probe_dns_lookup_time_seconds",
-            "How long the DNS lookup took.",
-        )?;
-        let port = self.request.port.to_string();
-        let host = self.request.host.as_str();
-        let mut state_sets = self
+    /// `probe_success` and `probe_duration_seconds`, as blackbox_exporter answers. Written
+    /// directly: a registry per request would cost more than the probe.
+    pub fn render(&self) -> Vec<u8> {
+        let mut state_sets: Vec<(String, Outcome)> = self
             .outcomes
             .iter()
             .map(|(ip, o)| (ip.to_string(), *o))
-            .collect::<Vec<_>>();
+            .collect();
         if state_sets.is_empty() {
             // The name did not resolve: one series set with ip="" in state error, as /metrics.
             let at = std::time::SystemTime::now();
             state_sets.push((String::new(), Outcome::dns_failure(at)));
         }
-        for (ip, outcome) in &state_sets {
+        let labels: Vec<String> = state_sets
+            .iter()
+            .map(|(ip, _)| {
+                let mut labels = String::from("{");
+                push_label(&mut labels, "host", &self.request.host);
+                labels.push_str(&format!(",port=\"{}\",", self.request.port));
+                push_label(&mut labels, "ip", ip);
+                labels
+            })
+            .collect();
+        let mut out = String::with_capacity(1024);
+        let header = |out: &mut String, name: &str, help: &str| {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
+        };
+        header(
+            &mut out,
+            "port_state",
+            "Port state as a state set: 1 for the current state.",
+        );
+        for (labels, (_, outcome)) in labels.iter().zip(&state_sets) {
             for s in State::ALL {
-                port_state
-                    .with_label_values(&[host, &port, ip, s.as_str()])
-                    .set(f64::from(u8::from(s == outcome.state)));
-            }
-            reason
-                .with_label_values(&[host, &port, ip, &outcome.reason.as_str()])
-                .set(1.0);
-            if let Some(took) = outcome.connect {
-                connect
-                    .with_label_values(&[host, &port, ip])
-                    .set(took.as_secs_f64());
+                let value = u8::from(s == outcome.state);
+                out.push_str(&format!(
+                    "port_state{labels},state=\"{}\"}} {value}\n",
+                    s.as_str()
+                ));
             }
         }
-        success.set(f64::from(u8::from(self.success())));
-        duration.set(self.took.as_secs_f64());
-        registry.register(Box::new(port_state))?;
-        registry.register(Box::new(reason))?;
-        registry.register(Box::new(connect))?;
-        registry.register(Box::new(success))?;
-        registry.register(Box::new(duration))?;
+        header(
+            &mut out,
+            "port_state_reason",
+            "The reason behind the current port state.",
+        );
+        for (labels, (_, outcome)) in labels.iter().zip(&state_sets) {
+            let reason = outcome.reason.as_str();
+            out.push_str(&format!(
+                "port_state_reason{labels},reason=\"{reason}\"}} 1\n"
+            ));
+        }
+        if state_sets.iter().any(|(_, o)| o.connect.is_some()) {
+            header(
+                &mut out,
+                "port_connect_duration_seconds",
+                "Time from connect() to the answer; absent when nothing answered.",
+            );
+            for (labels, (_, outcome)) in labels.iter().zip(&state_sets) {
+                if let Some(took) = outcome.connect {
+                    let took = took.as_secs_f64();
+                    out.push_str(&format!("port_connect_duration_seconds{labels}}} {took}\n"));
+                }
+            }
+        }
         if let Some(took) = self.dns_lookup {
-            dns.set(took.as_secs_f64());
-            registry.register(Box::new(dns))?;
+            header(
+                &mut out,
+                "probe_dns_lookup_time_seconds",
+                "How long the DNS lookup took.",
+            );
+            out.push_str(&format!(
+                "probe_dns_lookup_time_seconds {}\n",
+                took.as_secs_f64()
+            ));
         }
-        let mut out = Vec::new();
-        TextEncoder::new().encode(&registry.gather(), &mut out)?;
-        Ok(out)
+        header(
+            &mut out,
+            "probe_duration_seconds",
+            "How long the probe took, lookup included.",
+        );
+        out.push_str(&format!(
+            "probe_duration_seconds {}\n",
+            self.took.as_secs_f64()
+        ));
+        header(
+            &mut out,
+            "probe_success",
+            "Whether the probe met its expectation.",
+        );
+        out.push_str(&format!("probe_success {}\n", u8::from(self.success())));
+        out.into_bytes()
     }
 
     /// The `?debug=true` answer: the trace, then the metrics.
     pub fn debug_text(&self) -> String {
-        let metrics = self
-            .render()
-            .map(|m| String::from_utf8_lossy(&m).into_owned())
-            .unwrap_or_else(|e| format!("rendering failed: {e}\n"));
+        let metrics = String::from_utf8_lossy(&self.render()).into_owned();
         format!(
             "Logs for the probe:\n{}took {:?}; probe_success {}\n\nMetrics that would have been returned:\n{metrics}",
             self.trace,
