@@ -668,6 +668,8 @@ if [ "$MODE" = full ]; then
 else
     GRID=("$DEF_CONC 0")
 fi
+# The defaults may coincide with a grid point: run each setting once.
+mapfile -t GRID < <(printf '%s\n' "${GRID[@]}" | awk '!seen[$0]++')
 for g in "${GRID[@]}"; do
     read -r c r <<<"$g"
     range_run "c$c-r$r" --probe.concurrency "$c" --probe.rate "$r"
