@@ -8,13 +8,13 @@
 
 mod common;
 
-use std::io::{BufRead, ErrorKind};
+use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::time::Duration;
 
-use common::netns::{EXPORTER, EXPORTER_ADDR, Netns, start_exporter_in};
+use common::netns::{EXPORTER_ADDR, Netns, start_exporter_in};
 use common::*;
 use port_exporter::Options;
 use port_exporter::web_config::WebConfig;
@@ -30,29 +30,7 @@ struct Binary {
 
 impl Binary {
     fn start(wrapper: &[&str], args: &[&str]) -> Binary {
-        let mut child = Command::new(wrapper[0])
-            .args(&wrapper[1..])
-            .args([EXPORTER, "--web.listen-address", "127.0.0.1:0"])
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let mut reader = std::io::BufReader::new(child.stderr.take().unwrap());
-        let mut lines = Vec::new();
-        let addr = loop {
-            let mut line = String::new();
-            assert!(
-                reader.read_line(&mut line).unwrap() > 0,
-                "exited early: {lines:?}"
-            );
-            lines.push(line.clone());
-            if let Some(rest) = line.split(" address=").nth(1) {
-                break rest.split_whitespace().next().unwrap().parse().unwrap();
-            }
-        };
-        std::thread::spawn(move || for _ in reader.lines() {});
+        let (child, addr, _) = common::start_binary_behind(wrapper, args);
         Binary { child, addr }
     }
 }

@@ -325,7 +325,21 @@ pub fn silent_port() -> SilentPort {
 /// Starts the binary on an OS-chosen port with `args`, and returns it with the address it
 /// logged ("address=...").
 pub fn start_binary(args: &[&str]) -> (std::process::Child, SocketAddr, Vec<String>) {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_port_exporter"))
+    start_binary_behind(&[], args)
+}
+
+/// Like [`start_binary`], run by `wrapper` (e.g. `setpriv ...`) when it is not empty.
+pub fn start_binary_behind(
+    wrapper: &[&str],
+    args: &[&str],
+) -> (std::process::Child, SocketAddr, Vec<String>) {
+    let exe = env!("CARGO_BIN_EXE_port_exporter");
+    let (program, before) = match wrapper.split_first() {
+        Some((program, rest)) => (*program, [rest, &[exe]].concat()),
+        None => (exe, Vec::new()),
+    };
+    let mut child = std::process::Command::new(program)
+        .args(before)
         .args(["--web.listen-address", "127.0.0.1:0"])
         .args(args)
         .stdin(std::process::Stdio::null())
