@@ -646,15 +646,17 @@ fn optional_retries(value: &Option<Spanned<u32>>) -> Result<Option<u32>, Invalid
     }
 }
 
+/// The units of a duration, largest first, with their length in milliseconds.
+pub const DURATION_UNITS: [(&str, u64); 5] = [
+    ("d", 86_400_000),
+    ("h", 3_600_000),
+    ("m", 60_000),
+    ("s", 1_000),
+    ("ms", 1),
+];
+
 /// Parses a Prometheus-style duration: units d, h, m, s, ms in decreasing order, e.g. "1m30s".
 pub fn parse_duration(text: &str) -> Option<Duration> {
-    const UNITS: [(&str, u64); 5] = [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ];
     if text.is_empty() {
         return None;
     }
@@ -675,8 +677,11 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
             .unwrap_or(rest.len());
         let unit = &rest[..unit_len];
         rest = &rest[unit_len..];
-        let index = UNITS[next_unit..].iter().position(|(u, _)| *u == unit)? + next_unit;
-        total_ms = total_ms.checked_add(number.checked_mul(UNITS[index].1)?)?;
+        let index = DURATION_UNITS[next_unit..]
+            .iter()
+            .position(|(u, _)| *u == unit)?
+            + next_unit;
+        total_ms = total_ms.checked_add(number.checked_mul(DURATION_UNITS[index].1)?)?;
         next_unit = index + 1;
     }
     Some(Duration::from_millis(total_ms))

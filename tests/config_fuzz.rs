@@ -206,13 +206,7 @@ fn toml_str(s: &str) -> String {
 /// A duration of `ms` milliseconds in the config's syntax, starting at unit `top`
 /// (0: days ... 4: milliseconds), largest units first.
 fn duration_text(ms: u64, top: usize) -> String {
-    const UNITS: [(&str, u64); 5] = [
-        ("d", 86_400_000),
-        ("h", 3_600_000),
-        ("m", 60_000),
-        ("s", 1_000),
-        ("ms", 1),
-    ];
+    const UNITS: [(&str, u64); 5] = port_exporter::config::DURATION_UNITS;
     let mut rest = ms;
     let mut out = String::new();
     for (unit, size) in &UNITS[top.min(4)..] {

@@ -644,14 +644,17 @@ fn is_custom_resource(object: &Value) -> bool {
         .is_some_and(|v| v.starts_with("monitoring.coreos.com/"))
 }
 
+/// Whether kubectl (to render) and kubernetes-validate are here; SKIPPED (or a CI failure)
+/// when not.
+fn have_kubernetes_tools() -> bool {
+    (have("kubectl") || !skip("kubectl not installed (it renders the kustomization)"))
+        && (have("kubernetes-validate")
+            || !skip("kubernetes-validate not installed (pip install kubernetes-validate)"))
+}
+
 #[test]
 fn kubernetes_manifests_pass_kubernetes_validate() {
-    if !have("kubectl") && skip("kubectl not installed (it renders the kustomization)") {
-        return;
-    }
-    if !have("kubernetes-validate")
-        && skip("kubernetes-validate not installed (pip install kubernetes-validate)")
-    {
+    if !have_kubernetes_tools() {
         return;
     }
     let objects = kustomize(Path::new(KUBERNETES));
@@ -698,12 +701,7 @@ fn validate_core_objects(objects: &[Value], expected: usize) {
 
 #[test]
 fn kubernetes_sharded_and_vantage_overlays_render_and_validate() {
-    if !have("kubectl") && skip("kubectl not installed (it renders the kustomization)") {
-        return;
-    }
-    if !have("kubernetes-validate")
-        && skip("kubernetes-validate not installed (pip install kubernetes-validate)")
-    {
+    if !have_kubernetes_tools() {
         return;
     }
     // Sharded: a StatefulSet replaces the Deployment; --shard.count equals the replicas and
