@@ -1,6 +1,6 @@
 //! The lab: a network namespace per test with iptables/ip6tables rules on its loopback, the real
 //! exporter binary inside it, nmap as the oracle for port states, and a real Prometheus server
-//! scraping the exporter. Needs root, iproute2, iptables, nmap, prometheus and promtool: without
+//! scraping the exporter. Needs root, iproute2, iptables, nmap, prometheus, promtool and wrk: without
 //! them each test prints `SKIPPED: <why>`, and fails under CI=true.
 
 mod common;
@@ -756,4 +756,37 @@ fn reset_close_leaves_no_time_wait_and_graceful_close_does() {
         assert_eq!(state_of(&samples, &[("target", target)]), "open");
     }
     drop(exporter);
+}
+
+#[test]
+fn probes_cancelled_mid_connect_leave_no_time_wait() {
+    if !lab_available() {
+        return;
+    }
+    if !have("wrk") && skip("wrk is not installed") {
+        return;
+    }
+    const PORT: u16 = 10303;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("cancel");
+    let _listener = ns.listen(PORT);
+    let _exporter = start_exporter_in(
+        &ns,
+        dir.path(),
+        "[probe]\nallow = [\"127.0.0.0/8\"]\n",
+        Duration::from_secs(20),
+    );
+    // wrk closes its connections with requests in flight at the end of each run, and hyper
+    // then drops those /probe futures, some after the kernel finished the handshake but before
+    // the prober saw it. Those sockets must be reset as well: a FIN would leave TIME_WAIT on
+    // one side or the other.
+    let url = format!("http://{EXPORTER_ADDR}/probe?target=127.0.0.1:{PORT}");
+    for _ in 0..4 {
+        let out = ns.run(&["wrk", "-t2", "-c64", "-d2s", &url]);
+        assert!(out.contains(" requests in "), "wrk ran: {out}");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let filter = format!("( sport = :{PORT} or dport = :{PORT} )");
+    let time_wait = ns.run(&["ss", "-Htan", "state", "time-wait", &filter]);
+    assert_eq!(time_wait.trim(), "", "TIME_WAIT sockets on the probed port");
 }

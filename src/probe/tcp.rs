@@ -4,7 +4,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::net::TcpSocket;
 use tokio::time::Instant;
 
 use super::{Attempts, Close, Outcome, Probe, Reason, State, classify};
@@ -58,13 +58,21 @@ async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Atte
         Ok(socket) => socket,
         Err(error) => return Attempt::Answered(Err(error)),
     };
+    // Set before connecting: this future may be dropped (a timeout, a cancelled /probe request,
+    // a removed target) after the kernel finished the handshake but before we saw it, and that
+    // socket must be reset too, or the listener's side ends in TIME_WAIT.
+    if close == Close::Reset {
+        reset_on_close(&socket);
+    }
     match tokio::time::timeout(timeout, socket.connect(addr)).await {
         Err(_elapsed) => Attempt::Answered(Err(io::ErrorKind::TimedOut.into())),
         Ok(Err(error)) => Attempt::Answered(Err(error)),
         Ok(Ok(stream)) => {
             let self_connected = stream.local_addr().is_ok_and(|local| local == addr);
-            if close == Close::Reset || self_connected {
-                close_with_reset(stream);
+            if self_connected && close == Close::Graceful {
+                // A graceful close of a self-connection would leave it in TIME_WAIT on the
+                // very port we probe.
+                let _ = stream.set_zero_linger();
             }
             if self_connected {
                 Attempt::SelfConnected
@@ -75,9 +83,9 @@ async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Atte
     }
 }
 
-/// Closes with SO_LINGER {1, 0}, as nmap does: a reset instead of a FIN, so the prober keeps
-/// no TIME_WAIT socket per open port probed. (A graceful close is the stream's drop.)
-fn close_with_reset(stream: TcpStream) {
+/// SO_LINGER {1, 0}, as nmap does: the close sends a reset instead of a FIN, so neither the
+/// prober nor the probed service keeps a TIME_WAIT socket per open port probed.
+fn reset_on_close(socket: &TcpSocket) {
     // If setting the option fails the close is merely graceful; nothing to report.
-    let _ = stream.set_zero_linger();
+    let _ = socket.set_zero_linger();
 }
