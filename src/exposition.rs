@@ -5,13 +5,19 @@
 //! took over 4 s and most of a gigabyte; writing the text directly takes a small fraction of
 //! that. The table's read lock is held only while each row's label fragment is formatted and
 //! the row copied; the text is written after the lock is released, so probes finishing
-//! during a scrape are not held up.
+//! during a scrape are not held up. Both steps run on every core, each on its share of the
+//! targets, and reuse the memory of the previous rendering.
 
+use std::fmt::Write as _;
 use std::net::IpAddr;
+use std::ops::Range;
 use std::time::{Duration, SystemTime};
 
+use bytes::{Bytes, BytesMut};
+
+use crate::parallel;
 use crate::probe::State;
-use crate::state::{Row, StateTable};
+use crate::state::{Row, StateTable, TargetRows};
 
 /// One metric family of the table: name, help, type.
 struct Family {
@@ -66,10 +72,99 @@ const TARGET_PORTS: Family = Family {
     kind: "gauge",
 };
 
+/// The sections of the table's text, one family each.
+#[derive(Clone, Copy)]
+enum Section {
+    State,
+    Reason,
+    Connect,
+    DnsLookup,
+    Unexpected,
+    Changes,
+    LastChange,
+    LastProbe,
+    TargetPorts,
+}
+
+impl Section {
+    /// In the order they are written.
+    const ALL: [Section; 9] = [
+        Section::State,
+        Section::Reason,
+        Section::Connect,
+        Section::DnsLookup,
+        Section::Unexpected,
+        Section::Changes,
+        Section::LastChange,
+        Section::LastProbe,
+        Section::TargetPorts,
+    ];
+
+    fn family(self) -> &'static Family {
+        match self {
+            Section::State => &PORT_STATE,
+            Section::Reason => &PORT_STATE_REASON,
+            Section::Connect => &CONNECT_DURATION,
+            Section::DnsLookup => &DNS_LOOKUP_DURATION,
+            Section::Unexpected => &UNEXPECTED,
+            Section::Changes => &CHANGES,
+            Section::LastChange => &LAST_CHANGE,
+            Section::LastProbe => &LAST_PROBE,
+            Section::TargetPorts => &TARGET_PORTS,
+        }
+    }
+}
+
+/// Below this many shown rows per worker, another thread costs more than it saves.
+const MIN_ROWS_PER_WORKER: usize = 10_000;
+
+/// A rendering of the table: the text as chunks to send in order, the whole buffers the
+/// chunks are slices of, and the copies of the table it was written from. Both are kept so
+/// that the next rendering can reuse the memory: a fresh 100 MB buffer costs more in page
+/// faults than the writing itself, and memory freed by the worker threads would mostly stay
+/// with the allocator anyway.
+pub struct TableText {
+    pub chunks: Vec<Bytes>,
+    buffers: Vec<Bytes>,
+    snapshots: Vec<Snapshot>,
+}
+
+impl TableText {
+    /// Length of the text in bytes.
+    pub fn len(&self) -> usize {
+        self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The memory for the next rendering: the snapshots, and the buffers no one else holds
+    /// any more (a response still being sent keeps its own), emptied.
+    pub fn into_scratch(self) -> Vec<Scratch> {
+        drop(self.chunks);
+        self.buffers
+            .into_iter()
+            .zip(self.snapshots)
+            .map(|(buffer, snapshot)| Scratch {
+                snapshot,
+                out: buffer.try_into_mut().unwrap_or_default(),
+            })
+            .collect()
+    }
+}
+
+/// One worker's memory: its copy of a share of the table, and the buffer it writes into.
+#[derive(Default)]
+pub struct Scratch {
+    snapshot: Snapshot,
+    out: BytesMut,
+}
+
 /// A target as the renderer needs it: its label prefix and its per-target samples.
 struct TargetSnapshot {
-    /// `{target="..",host="..",<labels>` escaped, without the closing brace.
-    labels: String,
+    /// `{target="..",host="..",<labels>` escaped, without the closing brace, in the arena.
+    labels: Range<usize>,
     dns_lookup: Option<Duration>,
     /// Ports per state, per address (`None`: unresolved), over all rows, shown or not.
     counts: Vec<(Option<IpAddr>, [u64; State::ALL.len()])>,
@@ -77,143 +172,242 @@ struct TargetSnapshot {
 
 /// A row whose series are shown.
 struct RowSnapshot {
-    /// `{target="..",host="..",<labels>,port="..",ip=".."`, without the closing brace.
-    labels: String,
+    /// `{target="..",host="..",<labels>,port="..",ip=".."`, without the closing brace, in the
+    /// arena.
+    labels: Range<usize>,
     row: Row,
     unexpected: Option<bool>,
 }
 
-/// Writes the table's families to `out`.
-pub fn render_table(table: &StateTable, out: &mut Vec<u8>) {
-    let (targets, rows) = snapshot(table);
-    let mut ints = itoa::Buffer::new();
-    let mut floats = ryu::Buffer::new();
-    // One line: `name{labels` + `suffix` (the closing `,label="..."} ` part) + value + newline.
-    let line = |out: &mut Vec<u8>, name: &str, labels: &str, suffix: &str, value: &str| {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(labels.as_bytes());
-        out.extend_from_slice(suffix.as_bytes());
-        out.extend_from_slice(value.as_bytes());
-        out.push(b'\n');
-    };
+/// What the text needs, copied out of the table under its read lock. The label fragments
+/// live in one arena string rather than in a string per row.
+#[derive(Default)]
+struct Snapshot {
+    arena: String,
+    targets: Vec<TargetSnapshot>,
+    rows: Vec<RowSnapshot>,
+}
 
-    header(out, &PORT_STATE, !rows.is_empty());
-    for r in &rows {
-        for s in State::ALL {
-            let value = if s == r.row.outcome.state { "1" } else { "0" };
-            line(
-                out,
-                PORT_STATE.name,
-                &r.labels,
-                STATE_SUFFIXES[s as usize],
-                value,
-            );
-        }
-    }
-    header(out, &PORT_STATE_REASON, !rows.is_empty());
-    for r in &rows {
-        let reason = r.row.outcome.reason.as_str();
-        for part in [
-            PORT_STATE_REASON.name,
-            &r.labels,
-            ",reason=\"",
-            &reason,
-            "\"} 1\n",
-        ] {
-            out.extend_from_slice(part.as_bytes());
-        }
-    }
-    let any_connect = rows.iter().any(|r| r.row.outcome.connect.is_some());
-    header(out, &CONNECT_DURATION, any_connect);
-    for r in &rows {
-        if let Some(took) = r.row.outcome.connect {
-            let value = floats.format(took.as_secs_f64());
-            line(out, CONNECT_DURATION.name, &r.labels, "} ", value);
-        }
-    }
-    let any_lookup = targets.iter().any(|t| t.dns_lookup.is_some());
-    header(out, &DNS_LOOKUP_DURATION, any_lookup);
-    for target in &targets {
-        if let Some(took) = target.dns_lookup {
-            let value = floats.format(took.as_secs_f64());
-            line(out, DNS_LOOKUP_DURATION.name, &target.labels, "} ", value);
-        }
-    }
-    header(
-        out,
-        &UNEXPECTED,
-        rows.iter().any(|r| r.unexpected.is_some()),
+/// Writes the table's families as text, on up to `workers` threads (the caller's among
+/// them), in the memory of `scratch` where there is some; `capacity_hint` is the expected
+/// length of the text.
+pub fn render_table(
+    table: &StateTable,
+    workers: usize,
+    mut scratch: Vec<Scratch>,
+    capacity_hint: usize,
+) -> TableText {
+    // Worker `i` copies, then writes, every section for its share of the targets; the chunks
+    // are then taken section by section, worker by worker, so each family stays contiguous.
+    let parts: Vec<Scratch> = {
+        let table = table.read();
+        let targets: Vec<&TargetRows> = table.values().collect();
+        let rows: usize = targets.iter().map(|t| t.rows.len()).sum();
+        let workers = workers.min(rows / MIN_ROWS_PER_WORKER).max(1);
+        let shares = shares_by_rows(&targets, rows, workers)
+            .into_iter()
+            .map(|share| (share, scratch.pop().unwrap_or_default()))
+            .collect();
+        parallel::map(shares, workers, |(share, mut scratch)| {
+            scratch.snapshot.fill(share);
+            scratch
+        })
+    };
+    let workers = parts.len();
+    let present = Section::ALL.map(|section| parts.iter().any(|p| p.snapshot.has_samples(section)));
+    let capacity = (capacity_hint + capacity_hint / 8) / workers;
+    let written = parallel::map(
+        parts.into_iter().enumerate().collect(),
+        workers,
+        |(index, mut part)| {
+            part.out.clear();
+            part.out.reserve(capacity);
+            let offsets = part.write(index == 0, &present);
+            (part.out.freeze(), part.snapshot, offsets)
+        },
     );
-    for r in &rows {
-        if let Some(broken) = r.unexpected {
-            let value = if broken { "1" } else { "0" };
-            line(out, UNEXPECTED.name, &r.labels, "} ", value);
+    let mut chunks = Vec::with_capacity(Section::ALL.len() * workers);
+    for section in 0..Section::ALL.len() {
+        for (buffer, _, offsets) in &written {
+            let range = offsets[section]..offsets[section + 1];
+            if !range.is_empty() {
+                chunks.push(buffer.slice(range));
+            }
         }
     }
-    header(out, &CHANGES, !rows.is_empty());
-    for r in &rows {
-        line(
-            out,
-            CHANGES.name,
-            &r.labels,
-            "} ",
-            ints.format(r.row.changes),
-        );
+    let (buffers, snapshots) = written
+        .into_iter()
+        .map(|(buffer, snapshot, _)| (buffer, snapshot))
+        .unzip();
+    TableText {
+        chunks,
+        buffers,
+        snapshots,
     }
-    header(out, &LAST_CHANGE, !rows.is_empty());
-    for r in &rows {
-        let value = floats.format(unix_seconds(r.row.last_change));
-        line(out, LAST_CHANGE.name, &r.labels, "} ", value);
+}
+
+/// `count` contiguous shares of `targets` (at least one), with about equally many rows each.
+fn shares_by_rows<'a>(
+    targets: &[&'a TargetRows],
+    rows: usize,
+    count: usize,
+) -> Vec<Vec<&'a TargetRows>> {
+    let mut shares = vec![Vec::new(); count];
+    let mut before = 0;
+    for target in targets {
+        let share = (before * count).checked_div(rows).unwrap_or(0);
+        shares[share.min(count - 1)].push(*target);
+        before += target.rows.len();
     }
-    header(out, &LAST_PROBE, !rows.is_empty());
-    for r in &rows {
-        let value = floats.format(unix_seconds(r.row.outcome.at));
-        line(out, LAST_PROBE.name, &r.labels, "} ", value);
-    }
-    header(
-        out,
-        &TARGET_PORTS,
-        targets.iter().any(|t| !t.counts.is_empty()),
-    );
-    for target in &targets {
-        for (ip, per_state) in &target.counts {
-            let mut labels = target.labels.clone();
-            labels.push_str(",ip=\"");
-            if let Some(ip) = ip {
-                labels.push_str(&ip.to_string());
+    shares
+}
+
+impl Scratch {
+    /// Writes every section for this share, with the families' HELP and TYPE when `first`;
+    /// returns where each section starts in `out` (and, last, where the text ends).
+    fn write(
+        &mut self,
+        first: bool,
+        present: &[bool; Section::ALL.len()],
+    ) -> [usize; Section::ALL.len() + 1] {
+        let mut offsets = [0; Section::ALL.len() + 1];
+        let mut ints = itoa::Buffer::new();
+        let mut floats = ryu::Buffer::new();
+        let Snapshot {
+            arena,
+            targets,
+            rows,
+        } = &self.snapshot;
+        let out = &mut self.out;
+        // One line: `name{labels` + `suffix` (the closing `,label="..."} ` part) + value.
+        let line = |out: &mut BytesMut, name: &str, labels: &str, suffix: &str, value: &str| {
+            for part in [name, labels, suffix, value, "\n"] {
+                out.extend_from_slice(part.as_bytes());
             }
-            labels.push('"');
-            for s in State::ALL {
-                let value = ints.format(per_state[s as usize]);
-                line(
-                    out,
-                    TARGET_PORTS.name,
-                    &labels,
-                    STATE_SUFFIXES[s as usize],
-                    value,
-                );
+        };
+        for (i, section) in Section::ALL.into_iter().enumerate() {
+            offsets[i] = out.len();
+            if first && present[i] {
+                header(out, section.family());
             }
+            let name = section.family().name;
+            match section {
+                Section::State => {
+                    for r in rows {
+                        for s in State::ALL {
+                            let value = if s == r.row.outcome.state { "1" } else { "0" };
+                            let suffix = STATE_SUFFIXES[s as usize];
+                            line(out, name, &arena[r.labels.clone()], suffix, value);
+                        }
+                    }
+                }
+                Section::Reason => {
+                    for r in rows {
+                        let reason = r.row.outcome.reason.as_str();
+                        for part in [name, &arena[r.labels.clone()], ",reason=\"", &reason] {
+                            out.extend_from_slice(part.as_bytes());
+                        }
+                        out.extend_from_slice(b"\"} 1\n");
+                    }
+                }
+                Section::Connect => {
+                    for r in rows {
+                        if let Some(took) = r.row.outcome.connect {
+                            let value = floats.format(took.as_secs_f64());
+                            line(out, name, &arena[r.labels.clone()], "} ", value);
+                        }
+                    }
+                }
+                Section::DnsLookup => {
+                    for target in targets {
+                        if let Some(took) = target.dns_lookup {
+                            let value = floats.format(took.as_secs_f64());
+                            line(out, name, &arena[target.labels.clone()], "} ", value);
+                        }
+                    }
+                }
+                Section::Unexpected => {
+                    for r in rows {
+                        if let Some(broken) = r.unexpected {
+                            let value = if broken { "1" } else { "0" };
+                            line(out, name, &arena[r.labels.clone()], "} ", value);
+                        }
+                    }
+                }
+                Section::Changes => {
+                    for r in rows {
+                        let value = ints.format(r.row.changes);
+                        line(out, name, &arena[r.labels.clone()], "} ", value);
+                    }
+                }
+                Section::LastChange => {
+                    for r in rows {
+                        let value = floats.format(unix_seconds(r.row.last_change));
+                        line(out, name, &arena[r.labels.clone()], "} ", value);
+                    }
+                }
+                Section::LastProbe => {
+                    for r in rows {
+                        let value = floats.format(unix_seconds(r.row.outcome.at));
+                        line(out, name, &arena[r.labels.clone()], "} ", value);
+                    }
+                }
+                Section::TargetPorts => {
+                    for target in targets {
+                        for (ip, per_state) in &target.counts {
+                            let mut labels = String::from(&arena[target.labels.clone()]);
+                            labels.push_str(",ip=\"");
+                            if let Some(ip) = ip {
+                                let _ = write!(labels, "{ip}");
+                            }
+                            labels.push('"');
+                            for s in State::ALL {
+                                let value = ints.format(per_state[s as usize]);
+                                let suffix = STATE_SUFFIXES[s as usize];
+                                line(out, name, &labels, suffix, value);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        offsets[Section::ALL.len()] = out.len();
+        offsets
+    }
+}
+
+impl Snapshot {
+    /// Whether `section` has any sample: a family without samples gets no HELP and TYPE.
+    fn has_samples(&self, section: Section) -> bool {
+        match section {
+            Section::Connect => self.rows.iter().any(|r| r.row.outcome.connect.is_some()),
+            Section::DnsLookup => self.targets.iter().any(|t| t.dns_lookup.is_some()),
+            Section::Unexpected => self.rows.iter().any(|r| r.unexpected.is_some()),
+            Section::TargetPorts => self.targets.iter().any(|t| !t.counts.is_empty()),
+            Section::State
+            | Section::Reason
+            | Section::Changes
+            | Section::LastChange
+            | Section::LastProbe => !self.rows.is_empty(),
         }
     }
 }
 
-/// Writes a family's HELP and TYPE lines, when it has samples.
-fn header(out: &mut Vec<u8>, family: &Family, has_samples: bool) {
-    if has_samples {
-        let (name, help, kind) = (family.name, family.help, family.kind);
-        for part in [
-            "# HELP ",
-            name,
-            " ",
-            help,
-            "\n# TYPE ",
-            name,
-            " ",
-            kind,
-            "\n",
-        ] {
-            out.extend_from_slice(part.as_bytes());
-        }
+/// Writes a family's HELP and TYPE lines.
+fn header(out: &mut BytesMut, family: &Family) {
+    let (name, help, kind) = (family.name, family.help, family.kind);
+    for part in [
+        "# HELP ",
+        name,
+        " ",
+        help,
+        "\n# TYPE ",
+        name,
+        " ",
+        kind,
+        "\n",
+    ] {
+        out.extend_from_slice(part.as_bytes());
     }
 }
 
@@ -225,58 +419,77 @@ const STATE_SUFFIXES: [&str; 4] = [
     ",state=\"error\"} ",
 ];
 
-/// Copies what the text needs out of the table, under its read lock.
-fn snapshot(table: &StateTable) -> (Vec<TargetSnapshot>, Vec<RowSnapshot>) {
-    let table = table.read();
-    let mut targets = Vec::with_capacity(table.len());
-    let mut rows = Vec::new();
-    for target in table.values() {
-        let info = &target.info;
-        let mut prefix = String::with_capacity(64);
-        prefix.push('{');
-        push_label(&mut prefix, "target", &info.name);
-        prefix.push(',');
-        push_label(&mut prefix, "host", &info.host);
-        for (name, value) in &info.labels {
-            prefix.push(',');
-            push_label(&mut prefix, name, value);
-        }
-        let mut counts: Vec<(Option<IpAddr>, [u64; State::ALL.len()])> = Vec::new();
-        for (key, row) in &target.rows {
-            match counts.iter_mut().find(|(ip, _)| *ip == key.ip) {
-                Some((_, per_state)) => per_state[row.outcome.state as usize] += 1,
-                None => {
-                    let mut per_state = [0; State::ALL.len()];
-                    per_state[row.outcome.state as usize] = 1;
-                    counts.push((key.ip, per_state));
+impl Snapshot {
+    /// Copies what the text needs out of `share`, under the table's read lock, into the
+    /// memory of the last copy.
+    fn fill(&mut self, share: Vec<&TargetRows>) {
+        let Snapshot {
+            arena,
+            targets,
+            rows,
+        } = self;
+        arena.clear();
+        targets.clear();
+        rows.clear();
+        rows.reserve(share.iter().map(|t| t.rows.len()).sum());
+        // A target's rows share a few addresses: each is formatted once.
+        let mut ip_texts: Vec<(Option<IpAddr>, Range<usize>)> = Vec::new();
+        for target in share {
+            let info = &target.info;
+            let start = arena.len();
+            arena.push('{');
+            push_label(arena, "target", &info.name);
+            arena.push(',');
+            push_label(arena, "host", &info.host);
+            for (name, value) in &info.labels {
+                arena.push(',');
+                push_label(arena, name, value);
+            }
+            let prefix = start..arena.len();
+            ip_texts.clear();
+            let mut counts: Vec<(Option<IpAddr>, [u64; State::ALL.len()])> = Vec::new();
+            for (key, row) in &target.rows {
+                match counts.iter_mut().find(|(ip, _)| *ip == key.ip) {
+                    Some((_, per_state)) => per_state[row.outcome.state as usize] += 1,
+                    None => {
+                        let mut per_state = [0; State::ALL.len()];
+                        per_state[row.outcome.state as usize] = 1;
+                        counts.push((key.ip, per_state));
+                    }
                 }
+                if !info.shows(key.port, row) {
+                    continue;
+                }
+                let start = arena.len();
+                arena.extend_from_within(prefix.clone());
+                arena.push_str(",port=\"");
+                arena.push_str(itoa::Buffer::new().format(key.port));
+                arena.push_str("\",ip=\"");
+                match ip_texts.iter().find(|(ip, _)| *ip == key.ip) {
+                    Some((_, text)) => arena.extend_from_within(text.clone()),
+                    None => {
+                        let text_start = arena.len();
+                        if let Some(ip) = key.ip {
+                            let _ = write!(arena, "{ip}");
+                        }
+                        ip_texts.push((key.ip, text_start..arena.len()));
+                    }
+                }
+                arena.push('"');
+                rows.push(RowSnapshot {
+                    labels: start..arena.len(),
+                    row: *row,
+                    unexpected: info.expect.is_broken_by(row.outcome.state),
+                });
             }
-            if !info.shows(key.port, row) {
-                continue;
-            }
-            let mut labels = String::with_capacity(prefix.len() + 40);
-            labels.push_str(&prefix);
-            labels.push_str(",port=\"");
-            labels.push_str(itoa::Buffer::new().format(key.port));
-            labels.push_str("\",ip=\"");
-            if let Some(ip) = key.ip {
-                let _ = std::fmt::Write::write_fmt(&mut labels, format_args!("{ip}"));
-            }
-            labels.push('"');
-            rows.push(RowSnapshot {
-                labels,
-                row: *row,
-                unexpected: info.expect.is_broken_by(row.outcome.state),
+            counts.sort_by_key(|(ip, _)| *ip);
+            targets.push(TargetSnapshot {
+                labels: prefix,
+                dns_lookup: target.dns_lookup,
+                counts,
             });
         }
-        counts.sort_by_key(|(ip, _)| *ip);
-        targets.push(TargetSnapshot {
-            labels: prefix,
-            dns_lookup: target.dns_lookup,
-            counts,
-        });
     }
-    (targets, rows)
 }
 
 /// Appends `name="value"` with the value escaped as the text format requires.
@@ -328,9 +541,8 @@ mod tests {
             ip: Some("127.0.0.1".parse().unwrap()),
         };
         table.record(&config.targets[0].name, key, outcome);
-        let mut out = Vec::new();
-        render_table(&table, &mut out);
-        let text = String::from_utf8(out).unwrap();
+        let text =
+            String::from_utf8(render_table(&table, 1, Vec::new(), 0).chunks.concat()).unwrap();
         let labels = r#"target="we\"ird\\",host="127.0.0.1",note="a\nb",port="7",ip="127.0.0.1""#;
         for line in [
             format!("port_state{{{labels},state=\"closed\"}} 1"),
@@ -347,5 +559,101 @@ mod tests {
         // No DNS lookup (an IP literal) and no expectation: those families are absent.
         assert!(!text.contains("port_dns_lookup_duration_seconds"));
         assert!(!text.contains("port_state_unexpected"));
+    }
+
+    /// A table of `targets` x 100 listed ports on 127.0.0.x and ::1, every row probed.
+    fn table_of(targets: usize) -> StateTable {
+        let ports: Vec<String> = (10_000..10_100).map(|p| p.to_string()).collect();
+        let mut text = String::new();
+        for i in 0..targets {
+            let host = if i % 2 == 0 {
+                format!("127.0.0.{}", i % 250 + 1)
+            } else {
+                "::1".to_string()
+            };
+            text.push_str(&format!(
+                "[[targets]]\nname = \"t{i}\"\nhost = \"{host}\"\nports = [{}]\nexpect = \"closed\"\n",
+                ports.join(",")
+            ));
+        }
+        let config = Config::parse(&text, "t").unwrap();
+        let table = StateTable::new();
+        table.set_targets(&config.targets);
+        for target in &config.targets {
+            for &port in &target.ports {
+                let open = port % 10 == 0;
+                let outcome = Outcome {
+                    state: if open { State::Open } else { State::Closed },
+                    reason: if open {
+                        Reason::SynAck
+                    } else {
+                        Reason::ConnRefused
+                    },
+                    connect: Some(Duration::from_micros(u64::from(port))),
+                    at: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(port)),
+                };
+                let key = RowKey {
+                    port,
+                    ip: Some(target.host.parse().unwrap()),
+                };
+                table.record(&target.name, key, outcome);
+            }
+        }
+        table
+    }
+
+    #[test]
+    fn workers_write_the_same_text_as_one_thread_with_each_family_in_one_block() {
+        let table = table_of(250);
+        let alone = render_table(&table, 1, Vec::new(), 0);
+        assert_eq!(alone.buffers.len(), 1);
+        let shared = render_table(&table, 3, Vec::new(), alone.len());
+        assert_eq!(shared.buffers.len(), 2, "25,000 rows make two shares");
+        let text = String::from_utf8(shared.chunks.concat()).unwrap();
+        assert_eq!(text.as_bytes(), &alone.chunks.concat()[..]);
+        let open = text
+            .lines()
+            .filter(|l| l.starts_with("port_state{") && l.ends_with("state=\"open\"} 1"));
+        assert_eq!(open.count(), 2_500);
+        // Every family's lines follow its HELP and TYPE, with no other family in between.
+        let mut seen = Vec::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            let name = &line[..line.find('{').unwrap()];
+            if seen.last() != Some(&name) {
+                assert!(!seen.contains(&name), "{name} comes in two blocks");
+                seen.push(name);
+            }
+        }
+        assert_eq!(seen.len(), 8, "{seen:?}");
+    }
+
+    #[test]
+    fn a_rendering_reuses_the_memory_of_the_last_one_unless_it_is_still_held() {
+        let table = table_of(250);
+        let first = render_table(&table, 2, Vec::new(), 0);
+        let addresses: Vec<*const u8> = first.buffers.iter().map(|b| b.as_ptr()).collect();
+        let arenas: Vec<*const u8> = first.snapshots.iter().map(|s| s.arena.as_ptr()).collect();
+        let expected = first.chunks.concat();
+        let scratch = first.into_scratch();
+        assert_eq!(scratch.len(), 2);
+        let second = render_table(&table, 2, scratch, 0);
+        let mut reused: Vec<*const u8> = second.buffers.iter().map(|b| b.as_ptr()).collect();
+        reused.sort();
+        let mut addresses_sorted = addresses.clone();
+        addresses_sorted.sort();
+        assert_eq!(reused, addresses_sorted, "the same buffers, written again");
+        let mut arenas_again: Vec<*const u8> =
+            second.snapshots.iter().map(|s| s.arena.as_ptr()).collect();
+        arenas_again.sort();
+        let mut arenas = arenas;
+        arenas.sort();
+        assert_eq!(arenas_again, arenas, "the same snapshot memory");
+        assert_eq!(second.chunks.concat(), expected);
+        // A chunk still being sent keeps its buffer from being reused.
+        let in_flight = second.chunks[0].clone();
+        let scratch = second.into_scratch();
+        let kept: Vec<usize> = scratch.iter().map(|s| s.out.capacity()).collect();
+        assert!(kept.contains(&0) && kept.iter().any(|&c| c > 0), "{kept:?}");
+        assert_eq!(&in_flight[..], &expected[..in_flight.len()]);
     }
 }

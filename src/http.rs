@@ -94,23 +94,39 @@ impl hyper::body::Body for Body {
     }
 }
 
+/// The first pause after a failed accept; it doubles with each failure in a row.
+const ACCEPT_BACK_OFF: Duration = Duration::from_millis(5);
+
 /// Serves HTTP (or HTTPS, per the web config) on `listener` until `shutdown` is cancelled,
 /// then lets open requests finish.
 pub async fn serve(listener: TcpListener, web: Arc<Web>, shutdown: CancellationToken) {
     let graceful = GracefulShutdown::new();
+    // Failed accepts in a row: out of fds, say. Logged once, then once more on recovery.
+    let mut failed_accepts: u32 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
                 Err(error) => {
-                    // Out of fds or similar: back off instead of spinning.
-                    tracing::warn!(%error, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    if failed_accepts == 0 {
+                        tracing::warn!(%error, "accept failed; retrying with back-off");
+                    }
+                    failed_accepts = failed_accepts.saturating_add(1);
+                    // Back off instead of spinning: 10 ms doubling up to 1 s.
+                    let back_off = ACCEPT_BACK_OFF.saturating_mul(1 << failed_accepts.min(8));
+                    tokio::select! {
+                        () = tokio::time::sleep(back_off.min(Duration::from_secs(1))) => {}
+                        () = shutdown.cancelled() => break,
+                    }
                     continue;
                 }
             },
             () = shutdown.cancelled() => break,
         };
+        if failed_accepts > 0 {
+            tracing::info!(failed_accepts, "accepting connections again");
+            failed_accepts = 0;
+        }
         let web = web.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {

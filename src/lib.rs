@@ -9,7 +9,8 @@
 //! - [`probe`]: one connect attempt and its classification into a state and a reason.
 //! - [`state`]: the state table, the single source of truth.
 //! - [`metrics`]: the table rendered as Prometheus metrics at scrape time ([`exposition`]),
-//!   cached and shared between concurrent scrapes, plus self-metrics.
+//!   cached and shared between concurrent scrapes, plus self-metrics; [`parallel`] spreads a
+//!   rendering and its compression over the cores.
 //! - [`http`]: `/metrics`, the [`status`] page at `/`, `/-/healthy`, `/-/ready`, guarded by
 //!   [`web_config`] (TLS, basic auth).
 //! - [`resolve`]: name lookups, deduplicated and bounded.
@@ -27,6 +28,7 @@ pub mod logging;
 pub mod metrics;
 pub mod on_demand;
 pub mod pacer;
+pub mod parallel;
 pub mod probe;
 pub mod reload;
 pub mod resolve;

@@ -17,7 +17,8 @@ use prometheus::{
     TextEncoder,
 };
 
-use crate::exposition::{render_table, unix_seconds};
+use crate::exposition::{TableText, render_table, unix_seconds};
+use crate::parallel;
 use crate::probe::State;
 use crate::state::StateTable;
 
@@ -37,6 +38,8 @@ pub struct Metrics {
     cached: Mutex<Option<Arc<RenderedTable>>>,
     /// Held while the table is rendered: one render at a time, shared by those who wait.
     rendering: tokio::sync::Mutex<()>,
+    /// Threads a rendering or compression may use: the machine's cores.
+    workers: usize,
     renders: IntCounter,
     pub probes: ProbeMetrics,
     pub reloads: ReloadMetrics,
@@ -152,6 +155,7 @@ impl Metrics {
             table,
             cached: Mutex::new(None),
             rendering: tokio::sync::Mutex::new(()),
+            workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
             renders,
             reloads,
             probes: ProbeMetrics {
@@ -164,18 +168,19 @@ impl Metrics {
         })
     }
 
-    /// Every metric in the text format as two buffers to send one after the other, gzip
-    /// members when `gzip` (decoders read concatenated members as one stream): the table's
-    /// part from the cache when the table has not changed since, the exporter's own metrics
-    /// fresh.
-    pub async fn scrape(&self, gzip: bool) -> [Bytes; 2] {
+    /// Every metric in the text format as buffers to send one after the other, gzip members
+    /// when `gzip` (decoders read concatenated members as one stream): the table's part from
+    /// the cache when the table has not changed since, the exporter's own metrics fresh.
+    pub async fn scrape(&self, gzip: bool) -> Vec<Bytes> {
         let table = self.table_text().await;
         let own = self.own_metrics();
-        if gzip {
-            [table.gzip().await, Bytes::from(gzip_bytes(&own))]
+        let mut body = if gzip {
+            table.gzip(self.workers).await
         } else {
-            [table.text.clone(), Bytes::from(own)]
-        }
+            table.text.chunks.clone()
+        };
+        body.push(Bytes::from(if gzip { gzip_bytes(&own) } else { own }));
+        body
     }
 
     /// The table's text, rendered at or after the table's generation at the time of the call.
@@ -193,17 +198,22 @@ impl Metrics {
             return cached;
         }
         let table = self.table.clone();
-        // Let go of the stale rendering first: two full renderings at once would double the
-        // peak memory of a large table.
-        let capacity = self.lock_cache().take().map_or(0, |c| c.text.len());
+        let workers = self.workers;
+        // Let go of the stale rendering first (two full renderings at once would double the
+        // peak memory of a large table), and write the new one into its memory where no
+        // scrape is still sending it.
+        let stale = self.lock_cache().take();
+        let capacity = stale.as_ref().map_or(0, |c| c.text.len());
+        let scratch = stale
+            .and_then(|c| Arc::try_unwrap(c).ok())
+            .map(|c| c.text.into_scratch())
+            .unwrap_or_default();
         let rendered = tokio::task::spawn_blocking(move || {
             // Read the generation before the rows, so the text is at least this fresh.
             let generation = table.generation();
-            let mut text = Vec::with_capacity(capacity + capacity / 8);
-            render_table(&table, &mut text);
             RenderedTable {
                 generation,
-                text: Bytes::from(text),
+                text: render_table(&table, workers, scratch, capacity),
                 gzip: tokio::sync::OnceCell::new(),
             }
         })
@@ -232,18 +242,34 @@ impl Metrics {
 /// One rendering of the table, and its gzip form once a scraper asked for it.
 struct RenderedTable {
     generation: u64,
-    text: Bytes,
-    gzip: tokio::sync::OnceCell<Bytes>,
+    text: TableText,
+    gzip: tokio::sync::OnceCell<Vec<Bytes>>,
 }
 
+/// Text is compressed in pieces of at most this size, one gzip member each, so that all
+/// cores can compress at once.
+const GZIP_PIECE: usize = 4 << 20;
+
 impl RenderedTable {
-    async fn gzip(self: &Arc<Self>) -> Bytes {
+    async fn gzip(self: &Arc<Self>, workers: usize) -> Vec<Bytes> {
         let this = self.clone();
         self.gzip
             .get_or_init(|| async move {
-                tokio::task::spawn_blocking(move || Bytes::from(gzip_bytes(&this.text)))
-                    .await
-                    .expect("compressing does not panic")
+                tokio::task::spawn_blocking(move || {
+                    let pieces: Vec<Bytes> = this
+                        .text
+                        .chunks
+                        .iter()
+                        .flat_map(|chunk| {
+                            (0..chunk.len())
+                                .step_by(GZIP_PIECE)
+                                .map(|at| chunk.slice(at..chunk.len().min(at + GZIP_PIECE)))
+                        })
+                        .collect();
+                    parallel::map(pieces, workers, |piece| Bytes::from(gzip_bytes(&piece)))
+                })
+                .await
+                .expect("compressing does not panic")
             })
             .await
             .clone()
@@ -252,10 +278,13 @@ impl RenderedTable {
 
 fn gzip_bytes(data: &[u8]) -> Vec<u8> {
     let mut encoder = GzEncoder::new(Vec::with_capacity(data.len() / 8), Compression::fast());
-    encoder
+    let mut gzip = encoder
         .write_all(data)
         .and_then(|()| encoder.finish())
-        .expect("writing to a Vec cannot fail")
+        .expect("writing to a Vec cannot fail");
+    // Kept until the table changes: hold only what was written.
+    gzip.shrink_to_fit();
+    gzip
 }
 
 #[cfg(test)]
@@ -315,9 +344,14 @@ mod tests {
             1,
             "eight scrapes of an unchanged table, one render"
         );
-        assert!(first.iter().all(|b| b[0] == first[0][0]));
+        // The table's part: all but the last buffer, the exporter's own metrics.
+        let first: Vec<Vec<u8>> = first
+            .iter()
+            .map(|body| body[..body.len() - 1].concat())
+            .collect();
+        assert!(first.iter().all(|b| b == &first[0]));
         assert_eq!(
-            String::from_utf8_lossy(&first[0][0])
+            String::from_utf8_lossy(&first[0])
                 .matches("state=\"closed\"} 1")
                 .count(),
             2000
@@ -331,7 +365,7 @@ mod tests {
         );
         let mut text = String::new();
         std::io::Read::read_to_string(
-            &mut flate2::read::MultiGzDecoder::new(&second[0][0][..]),
+            &mut flate2::read::MultiGzDecoder::new(&second[0].concat()[..]),
             &mut text,
         )
         .unwrap();

@@ -4,7 +4,7 @@
 //! collector reads it at scrape time. Rows that the config or DNS no longer names are removed
 //! here, so no stale series can survive.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -94,7 +94,8 @@ impl StateTable {
     /// ones disappear with their rows, changed labels apply to the next scrape.
     pub fn set_targets(&self, targets: &[Target]) {
         let mut table = self.write();
-        table.retain(|name, _| targets.iter().any(|t| &t.name == name));
+        let names: HashSet<&str> = targets.iter().map(|t| t.name.as_str()).collect();
+        table.retain(|name, _| names.contains(name.as_str()));
         for target in targets {
             let info = Arc::new(TargetInfo::from(target));
             let entry = table
@@ -105,7 +106,9 @@ impl StateTable {
                     rows: BTreeMap::new(),
                 });
             entry.info = info;
-            entry.rows.retain(|key, _| target.ports.contains(&key.port));
+            entry
+                .rows
+                .retain(|key, _| target.ports.binary_search(&key.port).is_ok());
         }
     }
 
