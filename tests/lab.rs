@@ -339,6 +339,57 @@ fn a_socket_connected_to_itself_is_not_an_open_port() {
     );
 }
 
+#[test]
+fn answers_that_come_after_connect_returns_are_read_the_same() {
+    if !lab_available() {
+        return;
+    }
+    // On loopback the answer is usually in before connect() returns, and the prober reads it
+    // without the reactor. Dropping every first SYN makes the answer come with the retransmit
+    // a second later, through the reactor: the states and reasons must not differ.
+    const OPEN_PORT: u16 = 10401;
+    const CLOSED_PORT: u16 = 10402;
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("lateanswer");
+    let _open = ns.listen(OPEN_PORT);
+    // A rule per port and family, so that each counts only its own SYNs: the first is
+    // dropped, the retransmit passes.
+    for ip_tables in ["iptables", "ip6tables"] {
+        for port in [OPEN_PORT, CLOSED_PORT] {
+            let rule = format!(
+                "-A INPUT -p tcp --syn --dport {port} -m statistic --mode nth --every 2 --packet 0 -j DROP"
+            );
+            let mut argv = vec![ip_tables];
+            argv.extend(rule.split(' '));
+            ns.run(&argv);
+        }
+    }
+    let _exporter = start_exporter_in(
+        &ns,
+        dir.path(),
+        "[[targets]]\nname = \"late\"\nhost = \"dual.lab\"\nports = [10401, 10402]\ntimeout = \"3s\"\nretries = 0\n",
+        Duration::from_secs(20),
+    );
+    let samples = parse_samples(&ns.get(EXPORTER_ADDR, "/metrics").text());
+    for ip in ["127.0.0.1", "::1"] {
+        for (port, state, reason) in [
+            (OPEN_PORT, "open", "syn-ack"),
+            (CLOSED_PORT, "closed", "conn-refused"),
+        ] {
+            let port = port.to_string();
+            let labels = [("port", port.as_str()), ("ip", ip)];
+            assert_eq!(state_of(&samples, &labels), state, "{ip} port {port}");
+            let reason_of = find(&samples, "port_state_reason", &labels);
+            assert_eq!(reason_of[0].labels["reason"], reason, "{ip} port {port}");
+            let took = value(&samples, "port_connect_duration_seconds", &labels);
+            assert!(
+                (0.9..3.0).contains(&took),
+                "{ip} port {port}: answered after {took} s, not at the SYN retransmit"
+            );
+        }
+    }
+}
+
 /// nmap's full-range verdict on 127.0.0.1: the ports it lists, and its count per state for the
 /// ones it folds into `<extraports>`.
 fn nmap_full_range(ns: &Netns) -> (BTreeMap<u16, String>, BTreeMap<String, usize>, Duration) {
