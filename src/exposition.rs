@@ -115,7 +115,9 @@ impl Section {
     }
 }
 
-/// Below this many shown rows per worker, another thread costs more than it saves.
+/// Below this many table rows per worker, another thread costs more than it saves. (Rows, shown
+/// or not: counting the shown ones would take another pass under the read lock, and a table of
+/// mostly hidden range rows has little text to share anyway.)
 const MIN_ROWS_PER_WORKER: usize = 10_000;
 
 /// A rendering of the table: the text as chunks to send in order, the whole buffers the

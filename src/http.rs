@@ -94,8 +94,8 @@ impl hyper::body::Body for Body {
     }
 }
 
-/// The first pause after a failed accept; it doubles with each failure in a row.
-const ACCEPT_BACK_OFF: Duration = Duration::from_millis(5);
+/// The first pause after a failed accept; it doubles with each failure in a row, up to 1 s.
+const ACCEPT_BACK_OFF: Duration = Duration::from_millis(10);
 
 /// Serves HTTP (or HTTPS, per the web config) on `listener` until `shutdown` is cancelled,
 /// then lets open requests finish.
@@ -112,8 +112,9 @@ pub async fn serve(listener: TcpListener, web: Arc<Web>, shutdown: CancellationT
                         tracing::warn!(%error, "accept failed; retrying with back-off");
                     }
                     failed_accepts = failed_accepts.saturating_add(1);
-                    // Back off instead of spinning: 10 ms doubling up to 1 s.
-                    let back_off = ACCEPT_BACK_OFF.saturating_mul(1 << failed_accepts.min(8));
+                    // Back off instead of spinning.
+                    let doublings = (failed_accepts - 1).min(7);
+                    let back_off = ACCEPT_BACK_OFF.saturating_mul(1 << doublings);
                     tokio::select! {
                         () = tokio::time::sleep(back_off.min(Duration::from_secs(1))) => {}
                         () = shutdown.cancelled() => break,

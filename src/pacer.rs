@@ -10,11 +10,17 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// Timers fire on millisecond ticks, so a wait may end a millisecond or more after its slot.
-/// The slots that passed meanwhile were planned, not idle time: at least this much lag is
-/// caught up at once, or a high rate would lose a share of its slots on every wait.
+/// The slots that passed meanwhile were planned, not idle time: up to this much lag is caught
+/// up at once, or a high rate would lose a share of its slots on every wait...
 const TIMER_CATCH_UP: Duration = Duration::from_millis(2);
 
-/// Hands out start times no closer than `period`, allowing `burst` starts at once after idle.
+/// ...but never more starts at once than this, well below the kernel's per-CPU backlog of
+/// 1000 packets: the pacer cannot tell timer lag from idle time, and after idle the catch-up
+/// is a burst.
+const MAX_CATCH_UP_STARTS: u32 = 256;
+
+/// Hands out start times no closer than `period`, allowing `burst` starts at once after idle
+/// (at high rates up to 2 ms worth, at most 256: see `TIMER_CATCH_UP`).
 #[derive(Debug)]
 pub struct Pacer {
     period: Duration,
@@ -33,7 +39,8 @@ impl Pacer {
         };
         Pacer {
             period,
-            burst_allowance: (period * burst.saturating_sub(1)).max(TIMER_CATCH_UP),
+            burst_allowance: (period * burst.saturating_sub(1))
+                .max(TIMER_CATCH_UP.min(period * MAX_CATCH_UP_STARTS)),
             next: Mutex::new(None),
         }
     }
@@ -106,6 +113,23 @@ mod tests {
             took < Duration::from_millis(102),
             "{took:?} for 100 ms of slots"
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_catch_up_never_makes_a_burst_the_backlog_cannot_take() {
+        for (rate, at_once) in [(100_000, 201), (1_000_000, 257)] {
+            let pacer = Pacer::new(rate, 64);
+            pacer.wait().await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let begin = Instant::now();
+            let mut starts = 0;
+            while Instant::now() == begin {
+                pacer.wait().await;
+                starts += 1;
+            }
+            // The loop ends on the first start that had to wait: one more than the burst.
+            assert_eq!(starts, at_once + 1, "rate {rate}");
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -146,3 +146,70 @@ fn reset_on_close(socket: &Socket) {
     // If setting the option fails the close is merely graceful; nothing to report.
     let _ = socket.set_linger(Some(Duration::ZERO));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// TCP states of the sockets on this machine's loopback whose either end is `port`, as
+    /// /proc/net/tcp lists them (hex: 01 established, 06 time-wait, ...).
+    fn states_on(port: u16) -> Vec<String> {
+        let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let port_of = |end: &str| u16::from_str_radix(end.rsplit(':').next().unwrap(), 16).ok();
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let ends = [port_of(fields[1]), port_of(fields[2])];
+                ends.contains(&Some(port)).then(|| fields[3].to_string())
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_probe_dropped_after_an_unseen_handshake_resets_its_connection() {
+        // A listener with a full queue drops the probe's first SYN, so the probe waits on the
+        // reactor; the queue is then freed, the SYN retransmitted after 1 s completes the
+        // handshake while the probe is not polled, and the probe is dropped (as a cancelled
+        // /probe request is). Its close must be a reset, or TIME_WAIT follows.
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let fillers: Vec<std::net::TcpStream> = (0..2)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+            })
+            .collect();
+        let mut probe = Box::pin(connect_once(addr, Duration::from_secs(10), Close::Reset));
+        let waiting = tokio::time::timeout(Duration::from_millis(200), &mut probe).await;
+        assert!(
+            waiting.is_err(),
+            "the first SYN was answered: the queue was not full"
+        );
+        for filler in fillers {
+            reset_on_close(&SockRef::from(&filler));
+        }
+        listener.set_nonblocking(true).unwrap();
+        while listener.accept().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(1_500)).await;
+        let established = states_on(addr.port()).iter().filter(|s| *s == "01").count();
+        assert_eq!(
+            established, 2,
+            "the handshake completed (both ends established)"
+        );
+        drop(probe);
+        // The listener's end: accept it and close it, as a service would.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while listener.accept().is_ok() {}
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let states = states_on(addr.port());
+        assert!(
+            !states.iter().any(|s| s == "06"),
+            "TIME_WAIT after the probe was dropped: {states:?}"
+        );
+    }
+}
