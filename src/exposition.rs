@@ -133,12 +133,8 @@ pub struct TableText {
 
 impl TableText {
     /// Length of the text in bytes.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.chunks.iter().map(Bytes::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 
     /// The memory for the next rendering: the snapshots, and the buffers no one else holds
