@@ -21,22 +21,16 @@
 #![forbid(unsafe_code)]
 
 pub mod config;
+pub mod domain;
 pub mod exposition;
-pub mod http;
 pub mod limits;
 pub mod logging;
-pub mod metrics;
-pub mod on_demand;
-pub mod pacer;
-pub mod parallel;
 pub mod probe;
 pub mod reload;
-pub mod resolve;
-pub mod scheduler;
-pub mod shard;
+pub mod schedule;
 pub mod state;
-pub mod status;
-pub mod web_config;
+pub mod telemetry;
+pub mod web;
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -48,14 +42,15 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::metrics::Metrics;
+use crate::exposition::Metrics;
 use crate::probe::TcpProbe;
 use crate::reload::Reloader;
-use crate::resolve::Resolver;
-use crate::scheduler::{Scheduler, SchedulerParts};
-use crate::shard::Shard;
+use crate::schedule::resolve::Resolver;
+use crate::schedule::shard::Shard;
+use crate::schedule::{Scheduler, SchedulerParts};
 use crate::state::StateTable;
-use crate::web_config::WebConfig;
+use crate::telemetry::Telemetry;
+use crate::web::security::WebConfig;
 
 /// Run-time settings that come from flags rather than the config file.
 pub struct Options {
@@ -111,14 +106,17 @@ pub async fn run(
         None => config,
     };
     let table = Arc::new(StateTable::new());
-    let metrics = Arc::new(Metrics::new(table.clone())?);
+    let telemetry = Arc::new(Telemetry::new()?);
+    let metrics = Arc::new(Metrics::new(table.clone(), telemetry.clone()));
     let (ready_tx, ready) = watch::channel(false);
     let tracker = TaskTracker::new();
-    let resolver = Arc::new(Resolver::new(metrics.probes.dns_lookups_in_flight.clone()));
+    let resolver = Arc::new(Resolver::new(
+        telemetry.probes.dns_lookups_in_flight.clone(),
+    ));
     let parts = SchedulerParts {
         probe: TcpProbe,
         table: table.clone(),
-        metrics: metrics.probes.clone(),
+        metrics: telemetry.probes.clone(),
         max_in_flight: options.max_in_flight,
         max_per_second: options.max_per_second,
         resolver: resolver.clone(),
@@ -129,12 +127,12 @@ pub async fn run(
         options.shard,
         config,
         scheduler,
-        metrics.reloads.clone(),
+        telemetry.reloads.clone(),
     ));
     if options.reload_on_sighup {
         tracker.spawn(reload_on_sighup(reloader.clone(), shutdown.clone()));
     }
-    let web = http::Web {
+    let web = web::Web {
         metrics,
         table,
         reloader,
@@ -145,7 +143,7 @@ pub async fn run(
         request_slots: (options.max_requests > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(options.max_requests))),
     };
-    http::serve(listener, Arc::new(web), shutdown).await;
+    web::serve(listener, Arc::new(web), shutdown).await;
     tracker.close();
     tracker.wait().await;
     Ok(())

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 use anyhow::{Context, bail};
 use clap::Parser;
 use port_exporter::config::Config;
-use port_exporter::shard::{Shard, ShardIndex};
-use port_exporter::web_config::WebConfig;
+use port_exporter::schedule::shard::{Shard, ShardIndex};
+use port_exporter::web::security::WebConfig;
 use port_exporter::{Options, limits, logging};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio_util::sync::CancellationToken;
@@ -76,10 +76,7 @@ fn main() -> ExitCode {
 }
 
 fn load_config(flags: &Flags) -> Result<Config, port_exporter::config::ConfigError> {
-    match &flags.config_file {
-        Some(path) => Config::from_file(path),
-        None => Ok(Config::embedded_default()),
-    }
+    Config::load(flags.config_file.as_deref())
 }
 
 fn check_config(flags: &Flags) -> ExitCode {

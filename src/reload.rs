@@ -5,10 +5,10 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::config::{Config, ConfigError};
-use crate::metrics::ReloadMetrics;
 use crate::probe::Probe;
-use crate::scheduler::Scheduler;
-use crate::shard::Shard;
+use crate::schedule::Scheduler;
+use crate::schedule::shard::Shard;
+use crate::telemetry::ReloadMetrics;
 
 /// Holds the config in force and applies new ones.
 pub struct Reloader<P> {
@@ -48,10 +48,7 @@ impl<P: Probe> Reloader<P> {
 
     /// Re-reads the config file and applies it; on error the running config stays.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        let loaded = match &self.path {
-            Some(path) => Config::from_file(path),
-            None => Ok(Config::embedded_default()),
-        };
+        let loaded = Config::load(self.path.as_deref());
         let config = match loaded {
             Ok(config) => match self.shard {
                 Some(shard) => shard.apply(config),

@@ -7,11 +7,13 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
-use crate::config::{Expect, Target};
-use crate::probe::{Outcome, State};
+use crate::config::Target;
+use crate::domain::Expect;
+use crate::domain::State;
+use crate::probe::Outcome;
 
 /// What the table knows about a target apart from its rows: the labels of its series.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -160,11 +162,14 @@ impl StateTable {
         self.generation.load(Ordering::Acquire)
     }
 
-    /// A consistent view of the whole table, for rendering.
-    pub fn read(&self) -> RwLockReadGuard<'_, BTreeMap<String, TargetRows>> {
+    /// Runs `copy` on a consistent view of the whole table, under its read lock, and returns
+    /// what it copied out. Every probe that finishes waits while `copy` runs, so it should
+    /// copy what it needs and do the rest (formatting, rendering) after it returns; no guard
+    /// leaves this module.
+    pub fn view<R>(&self, copy: impl FnOnce(&BTreeMap<String, TargetRows>) -> R) -> R {
         // A writer cannot leave the table half-updated (each write is one map operation), so a
         // poisoned lock still guards consistent data.
-        self.targets.read().unwrap_or_else(|e| e.into_inner())
+        copy(&self.targets.read().unwrap_or_else(|e| e.into_inner()))
     }
 
     /// The table for a change; the generation moves on with it.
@@ -179,7 +184,7 @@ impl StateTable {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::probe::Reason;
+    use crate::domain::Reason;
 
     fn outcome(state: State, secs: u64) -> Outcome {
         Outcome {
@@ -204,14 +209,14 @@ mod tests {
         let key = RowKey { port: 1, ip: V4 };
         table.record("h", key, outcome(State::Open, 10));
         table.record("h", key, outcome(State::Open, 20));
-        let row = table.read()["h"].rows[&key];
+        let row = table.view(Clone::clone)["h"].rows[&key];
         assert_eq!(
             (row.changes, row.last_change),
             (0, outcome(State::Open, 10).at)
         );
         table.record("h", key, outcome(State::Closed, 30));
         table.record("h", key, outcome(State::Open, 40));
-        let row = table.read()["h"].rows[&key];
+        let row = table.view(Clone::clone)["h"].rows[&key];
         assert_eq!(
             (row.changes, row.last_change),
             (2, outcome(State::Open, 40).at)
@@ -250,10 +255,14 @@ mod tests {
             table.record("h", RowKey { port: 1, ip }, outcome(State::Open, 1));
         }
         table.record_lookup("h", Some(&[V6.unwrap()]), Duration::from_millis(3));
-        let keys: Vec<_> = table.read()["h"].rows.keys().map(|k| k.ip).collect();
+        let keys: Vec<_> = table.view(Clone::clone)["h"]
+            .rows
+            .keys()
+            .map(|k| k.ip)
+            .collect();
         assert_eq!(keys, [V6]);
         table.record_lookup("h", None, Duration::from_millis(3));
-        assert!(table.read()["h"].rows.is_empty());
+        assert!(table.view(Clone::clone)["h"].rows.is_empty());
     }
 
     #[test]
@@ -269,7 +278,7 @@ mod tests {
             table.record(t, RowKey { port: p, ip: V4 }, outcome(State::Open, 1));
         }
         table.set_targets(&config("[[targets]]\nhost = \"a\"\nports = [2]").targets);
-        let read = table.read();
+        let read = table.view(Clone::clone);
         assert_eq!(read.keys().collect::<Vec<_>>(), ["a"]);
         assert_eq!(
             read["a"].rows.keys().map(|k| k.port).collect::<Vec<_>>(),
@@ -279,9 +288,9 @@ mod tests {
         // A probe that finishes after its target or port was removed leaves no trace.
         table.record("b", RowKey { port: 1, ip: V4 }, outcome(State::Open, 2));
         table.record("a", RowKey { port: 1, ip: V4 }, outcome(State::Open, 2));
-        assert!(!table.read().contains_key("b"));
+        assert!(!table.view(Clone::clone).contains_key("b"));
         assert!(
-            !table.read()["a"]
+            !table.view(Clone::clone)["a"]
                 .rows
                 .contains_key(&RowKey { port: 1, ip: V4 })
         );

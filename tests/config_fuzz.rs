@@ -206,7 +206,7 @@ fn toml_str(s: &str) -> String {
 /// A duration of `ms` milliseconds in the config's syntax, starting at unit `top`
 /// (0: days ... 4: milliseconds), largest units first.
 fn duration_text(ms: u64, top: usize) -> String {
-    const UNITS: [(&str, u64); 5] = port_exporter::config::DURATION_UNITS;
+    const UNITS: [(&str, u64); 5] = port_exporter::config::duration::DURATION_UNITS;
     let mut rest = ms;
     let mut out = String::new();
     for (unit, size) in &UNITS[top.min(4)..] {

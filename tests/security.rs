@@ -17,7 +17,7 @@ use std::time::Duration;
 use common::netns::{EXPORTER_ADDR, Netns, start_exporter_in};
 use common::*;
 use port_exporter::Options;
-use port_exporter::web_config::WebConfig;
+use port_exporter::web::security::WebConfig;
 
 // ---------------------------------------------------------------------------------------------
 // No privileges

@@ -4,7 +4,7 @@ use std::io;
 
 use nix::libc;
 
-use super::{Reason, State};
+use crate::domain::{Reason, State};
 
 /// Classifies the result of one connect attempt. Our own timeout arrives as
 /// `io::ErrorKind::TimedOut` without an errno; the kernel's as `ETIMEDOUT`.

@@ -12,7 +12,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Attempts, Close, Outcome, Probe, Reason, State, classify};
+use super::{Outcome, Probe, classify};
+use crate::domain::{Attempts, Close, Reason, State};
 
 /// Probes with a full TCP connect, like `nmap -sT`; needs no privileges.
 #[derive(Clone, Copy, Debug, Default)]
@@ -26,7 +27,7 @@ enum Attempt {
 
 impl Probe for TcpProbe {
     async fn probe(&self, addr: SocketAddr, settings: Attempts) -> Outcome {
-        let attempts = settings.retries.saturating_add(1);
+        let attempts = settings.count();
         let mut attempt = 0;
         loop {
             attempt += 1;

@@ -14,10 +14,13 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::{Config, Expect, valid_host_name};
-use crate::exposition::push_label;
-use crate::probe::{Attempts, Outcome, Probe, State};
-use crate::resolve::Resolver;
+use crate::config::Config;
+use crate::config::host::valid_host_name;
+use crate::domain::Expect;
+use crate::domain::{Attempts, State};
+use crate::exposition::table::push_label;
+use crate::probe::{Outcome, Probe};
+use crate::schedule::resolve::Resolver;
 
 /// Taken off Prometheus' scrape timeout so the answer arrives before it gives up.
 const SCRAPE_TIMEOUT_OFFSET: Duration = Duration::from_millis(500);

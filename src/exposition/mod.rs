@@ -7,32 +7,25 @@
 
 use std::io::Write as _;
 use std::sync::{Arc, Mutex};
-use std::time::SystemTime;
 
 use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
-};
+use prometheus::{Encoder, TextEncoder};
+use rayon::prelude::*;
 
-use crate::exposition::{TableText, render_table, unix_seconds};
-use crate::parallel;
-use crate::probe::State;
+pub mod table;
+
+use crate::exposition::table::{TableText, render_table};
 use crate::state::StateTable;
+use crate::telemetry::Telemetry;
 
 /// The Content-Type of the text exposition format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 
-/// Buckets for probe start lateness: scheduling is good to milliseconds, bad past seconds.
-const LATENESS_BUCKETS: [f64; 12] = [
-    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-];
-
-/// The registry behind `/metrics` and the exporter's self-metrics.
+/// Renders `/metrics`: the table's text from its cache, the exporter's own metrics fresh.
 pub struct Metrics {
-    registry: Registry,
+    telemetry: Arc<Telemetry>,
     table: Arc<StateTable>,
     /// The last rendering of the table.
     cached: Mutex<Option<Arc<RenderedTable>>>,
@@ -40,132 +33,17 @@ pub struct Metrics {
     rendering: tokio::sync::Mutex<()>,
     /// Threads a rendering or compression may use: the machine's cores.
     workers: usize,
-    renders: IntCounter,
-    pub probes: ProbeMetrics,
-    pub reloads: ReloadMetrics,
-}
-
-/// Self-metrics of config reloads.
-#[derive(Clone)]
-pub struct ReloadMetrics {
-    last_successful: IntGauge,
-    last_success_timestamp: prometheus::Gauge,
-}
-
-impl ReloadMetrics {
-    /// Records the outcome of loading the config (at start-up or on reload).
-    pub fn record(&self, successful: bool) {
-        self.last_successful.set(i64::from(successful));
-        if successful {
-            self.last_success_timestamp
-                .set(unix_seconds(SystemTime::now()));
-        }
-    }
-}
-
-/// Self-metrics the scheduler updates.
-#[derive(Clone)]
-pub struct ProbeMetrics {
-    /// `port_exporter_probes_total` per state, in `State::ALL` order (looked up once).
-    probes_total: [IntCounter; State::ALL.len()],
-    pub in_flight: IntGauge,
-    pub start_lateness: Histogram,
-    pub dns_lookup_failures: IntCounter,
-    pub dns_lookups_in_flight: IntGauge,
-}
-
-impl ProbeMetrics {
-    /// Counts a finished probe by the state it found.
-    pub fn count_probe(&self, state: State) {
-        self.probes_total[state as usize].inc();
-    }
 }
 
 impl Metrics {
-    pub fn new(table: Arc<StateTable>) -> Result<Metrics, prometheus::Error> {
-        let registry = Registry::new();
-        let renders = IntCounter::new(
-            "port_exporter_table_renders_total",
-            "Renderings of the state table for scrapes; concurrent scrapes share one.",
-        )?;
-        registry.register(Box::new(renders.clone()))?;
-
-        let build_info = IntGauge::with_opts(
-            Opts::new(
-                "port_exporter_build_info",
-                "A metric with a constant '1' value labeled by the exporter's version and revision.",
-            )
-            .const_label("version", env!("CARGO_PKG_VERSION"))
-            .const_label("revision", env!("PORT_EXPORTER_REVISION")),
-        )?;
-        build_info.set(1);
-        registry.register(Box::new(build_info))?;
-
-        let probes_total = IntCounterVec::new(
-            Opts::new(
-                "port_exporter_probes_total",
-                "Probes finished, by the state they found.",
-            ),
-            &["state"],
-        )?;
-        let per_state = State::ALL.map(|state| probes_total.with_label_values(&[state.as_str()]));
-        let in_flight = IntGauge::new(
-            "port_exporter_probes_in_flight",
-            "Probes started and not yet finished.",
-        )?;
-        let start_lateness = Histogram::with_opts(
-            HistogramOpts::new(
-                "port_exporter_probe_start_lateness_seconds",
-                "How late a probe started: its round's delay plus its wait for the concurrency cap (the pacer's spacing is planned, not late).",
-            )
-            .buckets(LATENESS_BUCKETS.to_vec()),
-        )?;
-        let dns_lookup_failures = IntCounter::new(
-            "port_exporter_dns_lookup_failures_total",
-            "DNS lookups of target names that failed or timed out.",
-        )?;
-        registry.register(Box::new(probes_total.clone()))?;
-        registry.register(Box::new(in_flight.clone()))?;
-        registry.register(Box::new(start_lateness.clone()))?;
-        registry.register(Box::new(dns_lookup_failures.clone()))?;
-        let dns_lookups_in_flight = IntGauge::new(
-            "port_exporter_dns_lookups_in_flight",
-            "Name lookups (getaddrinfo calls) running or waiting for one of their bounded slots.",
-        )?;
-        registry.register(Box::new(dns_lookups_in_flight.clone()))?;
-        registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ))?;
-        let reloads = ReloadMetrics {
-            last_successful: IntGauge::new(
-                "port_exporter_config_last_reload_successful",
-                "Whether the last config load (start-up or reload) succeeded.",
-            )?,
-            last_success_timestamp: prometheus::Gauge::new(
-                "port_exporter_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful config load.",
-            )?,
-        };
-        registry.register(Box::new(reloads.last_successful.clone()))?;
-        registry.register(Box::new(reloads.last_success_timestamp.clone()))?;
-        reloads.record(true);
-
-        Ok(Metrics {
-            registry,
+    pub fn new(table: Arc<StateTable>, telemetry: Arc<Telemetry>) -> Metrics {
+        Metrics {
+            telemetry,
             table,
             cached: Mutex::new(None),
             rendering: tokio::sync::Mutex::new(()),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            renders,
-            reloads,
-            probes: ProbeMetrics {
-                probes_total: per_state,
-                in_flight,
-                start_lateness,
-                dns_lookup_failures,
-                dns_lookups_in_flight,
-            },
-        })
+        }
     }
 
     /// Every metric in the text format as buffers to send one after the other, gzip members
@@ -175,7 +53,7 @@ impl Metrics {
         let table = self.table_text().await;
         let own = self.own_metrics();
         let mut body = if gzip {
-            table.gzip(self.workers).await
+            table.gzip().await
         } else {
             table.text.chunks.clone()
         };
@@ -219,7 +97,7 @@ impl Metrics {
         })
         .await
         .expect("rendering the table does not panic");
-        self.renders.inc();
+        self.telemetry.renders.inc();
         let rendered = Arc::new(rendered);
         *self.lock_cache() = Some(rendered.clone());
         rendered
@@ -233,7 +111,7 @@ impl Metrics {
     fn own_metrics(&self) -> Vec<u8> {
         let mut out = Vec::new();
         TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
+            .encode(&self.telemetry.gather(), &mut out)
             .expect("encoding to a Vec cannot fail: every family is built with a type and help");
         out
     }
@@ -251,7 +129,7 @@ struct RenderedTable {
 const GZIP_PIECE: usize = 4 << 20;
 
 impl RenderedTable {
-    async fn gzip(self: &Arc<Self>, workers: usize) -> Vec<Bytes> {
+    async fn gzip(self: &Arc<Self>) -> Vec<Bytes> {
         let this = self.clone();
         self.gzip
             .get_or_init(|| async move {
@@ -266,7 +144,10 @@ impl RenderedTable {
                                 .map(|at| chunk.slice(at..chunk.len().min(at + GZIP_PIECE)))
                         })
                         .collect();
-                    parallel::map(pieces, workers, |piece| Bytes::from(gzip_bytes(&piece)))
+                    pieces
+                        .into_par_iter()
+                        .map(|piece| Bytes::from(gzip_bytes(&piece)))
+                        .collect()
                 })
                 .await
                 .expect("compressing does not panic")
@@ -291,8 +172,10 @@ fn gzip_bytes(data: &[u8]) -> Vec<u8> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::probe::{Outcome, Reason};
+    use crate::domain::{Reason, State};
+    use crate::probe::Outcome;
     use crate::state::RowKey;
+    use std::time::SystemTime;
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn concurrent_scrapes_share_one_rendering() {
@@ -322,7 +205,8 @@ mod tests {
             }
         };
         record(State::Closed);
-        let metrics = Arc::new(Metrics::new(table.clone()).unwrap());
+        let telemetry = Arc::new(Telemetry::new().unwrap());
+        let metrics = Arc::new(Metrics::new(table.clone(), telemetry.clone()));
         let scrape_all = |gzip| {
             let scrapes: Vec<_> = (0..8)
                 .map(|_| {
@@ -340,7 +224,7 @@ mod tests {
         };
         let first = scrape_all(false).await;
         assert_eq!(
-            metrics.renders.get(),
+            telemetry.renders.get(),
             1,
             "eight scrapes of an unchanged table, one render"
         );
@@ -359,7 +243,7 @@ mod tests {
         record(State::Open);
         let second = scrape_all(true).await;
         assert_eq!(
-            metrics.renders.get(),
+            telemetry.renders.get(),
             2,
             "after a change, eight scrapes share one render"
         );

@@ -5,6 +5,14 @@
 //! targets over the interval the way Prometheus spreads scrapes. A round resolves the host,
 //! then probes every (port, address) under one global concurrency cap; a silent port holds
 //! one slot, never the round of another target.
+//!
+//! - [`pacer`]: the rate at which connects start;
+//! - [`resolve`]: name lookups, deduplicated and bounded;
+//! - [`shard`]: this replica's part of the config.
+
+pub mod pacer;
+pub mod resolve;
+pub mod shard;
 
 use std::collections::HashMap;
 use std::collections::hash_map::DefaultHasher;
@@ -21,11 +29,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Target};
-use crate::metrics::ProbeMetrics;
-use crate::pacer::Pacer;
 use crate::probe::{Outcome, Probe};
-use crate::resolve::Resolver;
+use crate::schedule::pacer::Pacer;
+use crate::schedule::resolve::Resolver;
 use crate::state::{RowKey, StateTable};
+use crate::telemetry::ProbeMetrics;
 
 /// Starts allowed at once after idle: well below the kernel's loopback backlog of 1000.
 const PACER_BURST: u32 = 64;
@@ -327,8 +335,8 @@ async fn resolve<P: Probe>(shared: &Shared<P>, target: &Target) -> Option<Vec<Ip
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::metrics::Metrics;
-    use crate::probe::{Attempts, Reason, State};
+    use crate::domain::{Attempts, Reason, State};
+    use crate::telemetry::Telemetry;
     use std::sync::Mutex;
 
     /// A probe that answers after a fixed delay per port and logs when each probe started.
@@ -375,7 +383,7 @@ mod tests {
     ) {
         let config = Config::parse(text, "test").unwrap();
         let table = Arc::new(StateTable::new());
-        let metrics = Metrics::new(table.clone()).unwrap();
+        let metrics = Telemetry::new().unwrap();
         let probe = FakeProbe::default();
         let (ready_tx, ready) = watch::channel(false);
         let parts = SchedulerParts {
@@ -420,7 +428,7 @@ mod tests {
             assert_eq!(pair[1] - pair[0], Duration::from_secs(10));
         }
         assert!(starts[0] < begin);
-        assert_eq!(table.read()["127.0.0.1"].rows.len(), 2);
+        assert_eq!(table.view(Clone::clone)["127.0.0.1"].rows.len(), 2);
     }
 
     #[tokio::test(start_paused = true)]

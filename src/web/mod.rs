@@ -1,4 +1,12 @@
 //! The HTTP server: `/metrics`, a landing page, and the health and readiness endpoints.
+//!
+//! - [`probe`]: `/probe?target=host:port`, behind the allow list;
+//! - [`status`]: the status page at `/`;
+//! - [`security`]: the web config file (TLS, basic auth).
+
+pub mod probe;
+pub mod security;
+pub mod status;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -15,14 +23,14 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::{Metrics, TEXT_CONTENT_TYPE};
-use crate::on_demand::{self, ProbeRequest, Refusal};
+use crate::exposition::{Metrics, TEXT_CONTENT_TYPE};
 use crate::probe::TcpProbe;
 use crate::reload::Reloader;
-use crate::resolve::Resolver;
+use crate::schedule::resolve::Resolver;
 use crate::state::StateTable;
-use crate::status::StatusPage;
-use crate::web_config::WebConfig;
+use crate::web::probe::{ProbeRequest, Refusal};
+use crate::web::security::WebConfig;
+use crate::web::status::StatusPage;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -268,7 +276,7 @@ async fn probe<B>(web: &Web, request: &Request<B>) -> Response<Body> {
         .filter(|d| !d.is_zero());
     let config = web.reloader.current();
     let debug = probe_request.debug;
-    let report = match on_demand::probe(
+    let report = match probe::probe(
         &TcpProbe,
         &web.resolver,
         &config,

@@ -11,8 +11,8 @@
 use std::fmt::{self, Display, Write as _};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use crate::config::Expect;
-use crate::probe::State;
+use crate::domain::Expect;
+use crate::domain::State;
 use crate::state::{Row, RowKey, StateTable, TargetInfo};
 
 /// Most rows listed per target; the rest are counted in a note (the summary line counts all).
@@ -120,7 +120,16 @@ impl StatusPage<'_> {
         now: SystemTime,
         filter: &Filter,
     ) -> fmt::Result {
-        let table = table.read();
+        table.view(|table| self.write_targets(out, table, now, filter))
+    }
+
+    fn write_targets(
+        &self,
+        out: &mut String,
+        table: &std::collections::BTreeMap<String, crate::state::TargetRows>,
+        now: SystemTime,
+        filter: &Filter,
+    ) -> fmt::Result {
         let views: Vec<TargetView<'_>> = table
             .values()
             .map(|target| {
@@ -742,7 +751,8 @@ const SCRIPT: &str = r#"<script>
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::probe::{Outcome, Reason};
+    use crate::domain::Reason;
+    use crate::probe::Outcome;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
     const V4: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));

@@ -11,13 +11,14 @@
 use std::fmt::Write as _;
 use std::net::IpAddr;
 use std::ops::Range;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
+use rayon::prelude::*;
 
-use crate::parallel;
-use crate::probe::State;
+use crate::domain::State;
 use crate::state::{Row, StateTable, TargetRows};
+use crate::telemetry::unix_seconds;
 
 /// One metric family of the table: name, help, type.
 struct Family {
@@ -197,33 +198,35 @@ pub fn render_table(
 ) -> TableText {
     // Worker `i` copies, then writes, every section for its share of the targets; the chunks
     // are then taken section by section, worker by worker, so each family stays contiguous.
-    let parts: Vec<Scratch> = {
-        let table = table.read();
+    let parts: Vec<Scratch> = table.view(|table| {
         let targets: Vec<&TargetRows> = table.values().collect();
         let rows: usize = targets.iter().map(|t| t.rows.len()).sum();
         let workers = workers.min(rows / MIN_ROWS_PER_WORKER).max(1);
-        let shares = shares_by_rows(&targets, rows, workers)
+        let shares: Vec<_> = shares_by_rows(&targets, rows, workers)
             .into_iter()
             .map(|share| (share, scratch.pop().unwrap_or_default()))
             .collect();
-        parallel::map(shares, workers, |(share, mut scratch)| {
-            scratch.snapshot.fill(share);
-            scratch
-        })
-    };
+        shares
+            .into_par_iter()
+            .map(|(share, mut scratch): (Vec<&TargetRows>, Scratch)| {
+                scratch.snapshot.fill(share);
+                scratch
+            })
+            .collect()
+    });
     let workers = parts.len();
     let present = Section::ALL.map(|section| parts.iter().any(|p| p.snapshot.has_samples(section)));
     let capacity = (capacity_hint + capacity_hint / 8) / workers;
-    let written = parallel::map(
-        parts.into_iter().enumerate().collect(),
-        workers,
-        |(index, mut part)| {
+    let written: Vec<_> = parts
+        .into_par_iter()
+        .enumerate()
+        .map(|(index, mut part)| {
             part.out.clear();
             part.out.reserve(capacity);
             let offsets = part.write(index == 0, &present);
             (part.out.freeze(), part.snapshot, offsets)
-        },
-    );
+        })
+        .collect();
     let mut chunks = Vec::with_capacity(Section::ALL.len() * workers);
     for section in 0..Section::ALL.len() {
         for (buffer, _, offsets) in &written {
@@ -505,18 +508,14 @@ pub(crate) fn push_label(out: &mut String, name: &str, value: &str) {
     out.push('"');
 }
 
-pub(crate) fn unix_seconds(t: SystemTime) -> f64 {
-    t.duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_secs_f64()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::probe::{Outcome, Reason};
+    use crate::domain::Reason;
+    use crate::probe::Outcome;
     use crate::state::RowKey;
+    use std::time::SystemTime;
 
     #[test]
     fn labels_are_escaped_and_families_without_samples_are_left_out() {

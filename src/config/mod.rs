@@ -1,0 +1,297 @@
+//! Configuration: a TOML file parsed strictly into raw structs ([`raw`]), then validated into
+//! [`Config`], the type the rest of the program uses.
+//!
+//! Parsing and validation are separate steps so that every rule lives in one place and every
+//! error can point at the file, line and column it is about. Defaults live in one place,
+//! [`Defaults::default`].
+//!
+//! - [`raw`]: the serde structs (`deny_unknown_fields`) and their validation;
+//! - [`ports`]: `ports` and `exclude` as range algebra;
+//! - [`duration`]: Prometheus-style durations;
+//! - [`allow`]: the `/probe` allow list (networks and host name patterns);
+//! - [`host`]: what a host may be.
+
+pub mod allow;
+pub mod duration;
+pub mod host;
+pub mod ports;
+mod raw;
+
+use std::ops::Range;
+use std::path::Path;
+use std::time::Duration;
+
+pub use allow::AllowList;
+
+use crate::domain::{Attempts, Close, Expect};
+use raw::RawConfig;
+
+/// The config used when no `--config.file` is given: localhost on the common server ports.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// The values a target gets for every field it leaves out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Defaults {
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub expect: Expect,
+    pub close: Close,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Defaults {
+            interval: Duration::from_secs(15),
+            timeout: Duration::from_secs(2),
+            retries: 1,
+            expect: Expect::Any,
+            close: Close::Reset,
+        }
+    }
+}
+
+/// A validated configuration: what the scheduler probes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Config {
+    pub targets: Vec<Target>,
+    /// Timeout and retries for `/probe` come from here.
+    pub defaults: Defaults,
+    /// Who `/probe` may connect to; empty: `/probe` is off.
+    pub probe_allow: AllowList,
+    /// The TOML text this was parsed from, shown at `/config`.
+    pub source: String,
+}
+
+/// One host and the ports to probe on it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Unique name, the `target` label.
+    pub name: String,
+    /// DNS name or IP literal (IPv6 without brackets), the `host` label.
+    pub host: String,
+    /// Every port to probe: sorted, without duplicates, `exclude` already removed.
+    pub ports: Vec<u16>,
+    /// The ports listed one by one (not through a range): their series always exist, while a
+    /// range port has series only when it is open or breaks the expectation. Sorted.
+    pub listed: Vec<u16>,
+    pub expect: Expect,
+    /// Extra labels for every series of this target, sorted by name.
+    pub labels: Vec<(String, String)>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub retries: u32,
+    pub close: Close,
+}
+
+impl Target {
+    /// How each of this target's addresses is probed.
+    pub fn attempts(&self) -> Attempts {
+        Attempts {
+            timeout: self.timeout,
+            retries: self.retries,
+            close: self.close,
+        }
+    }
+}
+
+/// Why a configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config file: {source}")]
+    Read {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{origin}:{line}:{column}: {message}")]
+    Invalid {
+        origin: String,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+}
+
+impl Defaults {
+    /// How `/probe` probes each address.
+    pub fn attempts(&self) -> Attempts {
+        Attempts {
+            timeout: self.timeout,
+            retries: self.retries,
+            close: self.close,
+        }
+    }
+}
+
+impl Config {
+    /// The one loader of start-up, `--config.check` and every reload: the file at `path`, or
+    /// the embedded default when there is none.
+    ///
+    /// ```
+    /// use port_exporter::config::Config;
+    /// let config = Config::load(None).unwrap();
+    /// assert_eq!(config.targets[0].host, "localhost");
+    /// ```
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        match path {
+            Some(path) => Config::from_file(path),
+            None => Ok(Config::embedded_default()),
+        }
+    }
+
+    /// Reads and validates the file at `path`.
+    pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text, &path.display().to_string())
+    }
+
+    /// The embedded default configuration.
+    pub fn embedded_default() -> Config {
+        Config::parse(EMBEDDED_DEFAULT, "<embedded default>")
+            .expect("the embedded default config is valid (checked by a unit test)")
+    }
+
+    /// Parses and validates `text`; `origin` names it in errors (usually the file path).
+    ///
+    /// ```
+    /// use port_exporter::config::Config;
+    /// let text = "[[targets]]\nhost = \"db\"\nports = [5432, \"8000-8002\"]\n";
+    /// let config = Config::parse(text, "inline").unwrap();
+    /// assert_eq!(config.targets[0].ports, [5432, 8000, 8001, 8002]);
+    ///
+    /// let error = Config::parse("[[targets]]\nhost = \"db\"\nports = [0]\n", "inline");
+    /// assert_eq!(
+    ///     error.unwrap_err().to_string(),
+    ///     "inline:3:10: port 0 out of range: expected 1 to 65535"
+    /// );
+    /// ```
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let locate = |span: Option<Range<usize>>, message: String| {
+            let (line, column) = line_column(text, span.map_or(0, |s| s.start));
+            ConfigError::Invalid {
+                origin: origin.to_string(),
+                line,
+                column,
+                message,
+            }
+        };
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|e| locate(e.span(), e.message().trim().to_string()))?;
+        let mut config = raw
+            .validate()
+            .map_err(|Invalid { span, message }| locate(Some(span), message))?;
+        config.source = text.to_string();
+        Ok(config)
+    }
+}
+
+/// 1-based line and column (in characters) of byte `offset` in `text`.
+fn line_column(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    (line, before[line_start..].chars().count() + 1)
+}
+
+/// A validation failure with the span of the value it is about.
+struct Invalid {
+    span: Range<usize>,
+    message: String,
+}
+
+fn invalid<T>(span: Range<usize>, message: impl Into<String>) -> Result<T, Invalid> {
+    Err(Invalid {
+        span,
+        message: message.into(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid_and_probes_common_ports_on_localhost() {
+        let config = Config::embedded_default();
+        assert_eq!(config.targets.len(), 1);
+        assert_eq!(config.targets[0].host, "localhost");
+        assert_eq!(config.targets[0].ports, [21, 22, 25, 80, 443, 3306, 3389]);
+    }
+
+    #[test]
+    fn defaults_fill_missing_fields() {
+        let config = Config::parse("[[targets]]\nhost = \"h\"\nports = [1]\n", "t").unwrap();
+        let t = &config.targets[0];
+        let d = Defaults::default();
+        assert_eq!(t.name, "h");
+        assert_eq!(
+            (t.interval, t.timeout, t.retries, t.expect),
+            (d.interval, d.timeout, d.retries, d.expect)
+        );
+    }
+
+    #[test]
+    fn target_fields_override_defaults_and_ranges_expand() {
+        let text = r#"
+            [defaults]
+            interval = "1m"
+            expect = "closed"
+            [[targets]]
+            name = "web"
+            host = "[::1]"
+            ports = ["8000-8002", 443, 80]
+            expect = "not_open"
+            timeout = "500ms"
+            retries = 3
+            labels = { team = "web", env = "prod" }
+        "#;
+        let t = &Config::parse(text, "t").unwrap().targets[0];
+        assert_eq!(t.host, "::1");
+        assert_eq!(t.ports, [80, 443, 8000, 8001, 8002]);
+        assert_eq!(t.listed, [80, 443]);
+        assert_eq!(t.expect, Expect::NotOpen);
+        assert_eq!(t.interval, Duration::from_secs(60));
+        assert_eq!(t.timeout, Duration::from_millis(500));
+        assert_eq!(t.retries, 3);
+        assert_eq!(
+            t.labels,
+            [("env".into(), "prod".into()), ("team".into(), "web".into())]
+        );
+    }
+
+    #[test]
+    fn exclude_removes_ports_and_ranges() {
+        let text = r#"
+            [[targets]]
+            host = "h"
+            ports = ["1-65535"]
+            exclude = [22, "8000-8009", 443]
+            [[targets]]
+            name = "listed"
+            host = "h"
+            ports = [22, 80, "100-102"]
+            exclude = [80, 101]
+        "#;
+        let config = Config::parse(text, "t").unwrap();
+        let all = &config.targets[0];
+        assert_eq!(all.ports.len(), 65535 - 12);
+        assert!(!all.ports.contains(&22) && !all.ports.contains(&8005));
+        assert!(all.ports.contains(&21) && all.ports.contains(&8010));
+        assert!(all.listed.is_empty());
+        let listed = &config.targets[1];
+        assert_eq!(listed.ports, [22, 100, 102]);
+        assert_eq!(listed.listed, [22]);
+    }
+
+    #[test]
+    fn line_and_column_count_characters() {
+        assert_eq!(line_column("ab\ncdé\nx", 0), (1, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 3), (2, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 8), (3, 1));
+        assert_eq!(line_column("ab\ncdé\nx", 7), (2, 4));
+    }
+}

@@ -1,0 +1,227 @@
+//! The config file as serde reads it: every table `deny_unknown_fields`, every value with its
+//! span, so validation can say where a bad value is.
+
+use std::collections::{BTreeMap, HashSet};
+use std::ops::Range;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::allow::validate_allow_list;
+use super::duration::{format_duration, parse_duration};
+use super::host::validate_host;
+use super::ports::{RawPorts, validate_ports};
+use super::{Config, Defaults, Invalid, Target, invalid};
+use crate::domain::{Attempts, Close, Expect};
+
+/// Label names the exporter sets itself; a target's `labels` may not reuse them.
+const RESERVED_LABELS: [&str; 6] = ["target", "host", "port", "ip", "state", "reason"];
+
+/// Upper bound for `retries`: more attempts only delay the verdict on a silent port.
+const MAX_RETRIES: u32 = 10;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawConfig {
+    #[serde(default)]
+    defaults: RawDefaults,
+    #[serde(default)]
+    targets: Vec<Spanned<RawTarget>>,
+    #[serde(default)]
+    probe: RawProbe,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawProbe {
+    #[serde(default)]
+    allow: Vec<Spanned<String>>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDefaults {
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<u32>>,
+    expect: Option<Expect>,
+    close: Option<Close>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTarget {
+    name: Option<Spanned<String>>,
+    host: Spanned<String>,
+    ports: Spanned<Vec<Spanned<RawPorts>>>,
+    exclude: Option<Spanned<Vec<Spanned<RawPorts>>>>,
+    expect: Option<Expect>,
+    labels: Option<Spanned<BTreeMap<String, String>>>,
+    interval: Option<Spanned<String>>,
+    timeout: Option<Spanned<String>>,
+    retries: Option<Spanned<u32>>,
+    close: Option<Close>,
+}
+
+impl RawConfig {
+    pub(super) fn validate(self) -> Result<Config, Invalid> {
+        let builtin = Defaults::default();
+        let d = &self.defaults;
+        let defaults = Defaults {
+            interval: optional_duration(&d.interval, "interval")?.unwrap_or(builtin.interval),
+            timeout: optional_duration(&d.timeout, "timeout")?.unwrap_or(builtin.timeout),
+            retries: optional_retries(&d.retries)?.unwrap_or(builtin.retries),
+            expect: d.expect.unwrap_or(builtin.expect),
+            close: d.close.unwrap_or(builtin.close),
+        };
+        let mut names = HashSet::new();
+        let mut targets = Vec::with_capacity(self.targets.len());
+        for raw in self.targets {
+            let span = raw.span();
+            let raw = raw.into_inner();
+            // The name defaults to the host, so a duplicate is reported where the name came from.
+            let name_span = raw.name.as_ref().unwrap_or(&raw.host).span();
+            let target = raw.validate(&defaults, span)?;
+            if !names.insert(target.name.clone()) {
+                return invalid(
+                    name_span,
+                    format!(
+                        "duplicate target name {:?}: names must be unique",
+                        target.name
+                    ),
+                );
+            }
+            targets.push(target);
+        }
+        let probe_allow = validate_allow_list(&self.probe.allow)?;
+        Ok(Config {
+            targets,
+            defaults,
+            probe_allow,
+            source: String::new(),
+        })
+    }
+}
+
+impl RawTarget {
+    fn validate(self, defaults: &Defaults, span: Range<usize>) -> Result<Target, Invalid> {
+        let host = validate_host(&self.host)?;
+        let name = match &self.name {
+            Some(name) if name.get_ref().trim().is_empty() => {
+                return invalid(name.span(), "target name must not be empty");
+            }
+            Some(name) => name.get_ref().clone(),
+            None => host.clone(),
+        };
+        let (ports, listed) = validate_ports(&self.ports, self.exclude.as_ref())?;
+        let labels = match &self.labels {
+            Some(labels) => validate_labels(labels)?,
+            None => Vec::new(),
+        };
+        let interval = optional_duration(&self.interval, "interval")?.unwrap_or(defaults.interval);
+        let timeout = optional_duration(&self.timeout, "timeout")?.unwrap_or(defaults.timeout);
+        let retries = optional_retries(&self.retries)?.unwrap_or(defaults.retries);
+        // A round must fit in its interval, or probes of one port would overlap.
+        let close = self.close.unwrap_or(defaults.close);
+        let worst_case = Attempts {
+            timeout,
+            retries,
+            close,
+        }
+        .budget();
+        if worst_case > interval {
+            // Point at whichever of the three the target itself sets.
+            let span = [&self.timeout, &self.interval]
+                .into_iter()
+                .flatten()
+                .map(Spanned::span)
+                .chain(self.retries.as_ref().map(Spanned::span))
+                .next()
+                .unwrap_or(span);
+            return invalid(
+                span,
+                format!(
+                    "target {name:?}: timeout x (retries + 1) = {} must not exceed interval {}",
+                    format_duration(worst_case),
+                    format_duration(interval)
+                ),
+            );
+        }
+        Ok(Target {
+            name,
+            host,
+            ports,
+            listed,
+            expect: self.expect.unwrap_or(defaults.expect),
+            labels,
+            interval,
+            timeout,
+            retries,
+            close,
+        })
+    }
+}
+
+fn validate_labels(
+    labels: &Spanned<BTreeMap<String, String>>,
+) -> Result<Vec<(String, String)>, Invalid> {
+    for name in labels.get_ref().keys() {
+        let mut chars = name.chars();
+        let well_formed = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !well_formed || name.starts_with("__") {
+            return invalid(
+                labels.span(),
+                format!(
+                    "invalid label name {name:?}: expected [a-zA-Z_][a-zA-Z0-9_]* not starting with \"__\""
+                ),
+            );
+        }
+        if RESERVED_LABELS.contains(&name.as_str()) {
+            return invalid(
+                labels.span(),
+                format!("label name {name:?} is reserved: the exporter sets it"),
+            );
+        }
+    }
+    Ok(labels
+        .get_ref()
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect())
+}
+
+fn optional_duration(
+    value: &Option<Spanned<String>>,
+    field: &str,
+) -> Result<Option<Duration>, Invalid> {
+    let Some(value) = value else { return Ok(None) };
+    match parse_duration(value.get_ref()) {
+        Some(d) if !d.is_zero() => Ok(Some(d)),
+        Some(_) => invalid(value.span(), format!("{field} must be greater than zero")),
+        None => invalid(
+            value.span(),
+            format!(
+                "invalid {field} {:?}: expected a duration such as \"500ms\", \"15s\", \"1m30s\"",
+                value.get_ref()
+            ),
+        ),
+    }
+}
+
+fn optional_retries(value: &Option<Spanned<u32>>) -> Result<Option<u32>, Invalid> {
+    match value {
+        Some(r) if *r.get_ref() > MAX_RETRIES => invalid(
+            r.span(),
+            format!(
+                "retries {} too high: expected 0 to {MAX_RETRIES}",
+                r.get_ref()
+            ),
+        ),
+        Some(r) => Ok(Some(*r.get_ref())),
+        None => Ok(None),
+    }
+}

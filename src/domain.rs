@@ -1,0 +1,308 @@
+//! The words of the domain, each defined once: a port's [`State`], the [`Reason`] behind it,
+//! what the operator [`Expect`]s, and how a port is probed ([`Attempts`], [`Close`]).
+//!
+//! Every other module (config, probe, state table, exposition, status page, `/probe`) spells
+//! these through the functions here, so a label value, a config word and a page's wording can
+//! never disagree.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// A port's state, as nmap's connect scan names it, plus `Error` for "we could not tell".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum State {
+    Open,
+    Closed,
+    Filtered,
+    Error,
+}
+
+impl State {
+    /// Every state, in the order the state-set series are written.
+    pub const ALL: [State; 4] = [State::Open, State::Closed, State::Filtered, State::Error];
+
+    /// The `state` label value.
+    ///
+    /// ```
+    /// use port_exporter::domain::State;
+    /// assert_eq!(State::Filtered.as_str(), "filtered");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Open => "open",
+            State::Closed => "closed",
+            State::Filtered => "filtered",
+            State::Error => "error",
+        }
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How many ports (or rows) are in each [`State`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StateCounts([u64; State::ALL.len()]);
+
+impl StateCounts {
+    /// Counts one more in `state`.
+    pub fn add(&mut self, state: State) {
+        self.0[state as usize] += 1;
+    }
+
+    /// How many are in `state`.
+    pub fn get(&self, state: State) -> u64 {
+        self.0[state as usize]
+    }
+
+    /// How many in all.
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Adds every count of `other`.
+    pub fn merge(&mut self, other: &StateCounts) {
+        for (mine, theirs) in self.0.iter_mut().zip(other.0) {
+            *mine += theirs;
+        }
+    }
+}
+
+/// Why a port is in its state, in nmap's words where nmap has one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    SynAck,
+    ConnRefused,
+    NoResponse,
+    HostUnreach,
+    NetUnreach,
+    AdminProhibited,
+    /// Every attempt connected the socket to itself: nothing listens on the port.
+    SelfConnect,
+    /// The name did not resolve.
+    Dns,
+    /// A failure on the prober's side (fd limit, ephemeral ports, ...): the raw errno.
+    Local(i32),
+    /// A failure that carried no errno.
+    Unknown,
+}
+
+impl Reason {
+    /// The `reason` label value; for a local failure, the errno's name in lower case.
+    ///
+    /// ```
+    /// use port_exporter::domain::Reason;
+    /// assert_eq!(Reason::ConnRefused.as_str(), "conn-refused");
+    /// assert_eq!(Reason::Local(24).as_str(), "emfile");
+    /// ```
+    pub fn as_str(self) -> Cow<'static, str> {
+        Cow::Borrowed(match self {
+            Reason::SynAck => "syn-ack",
+            Reason::ConnRefused => "conn-refused",
+            Reason::NoResponse => "no-response",
+            Reason::HostUnreach => "host-unreach",
+            Reason::NetUnreach => "net-unreach",
+            Reason::AdminProhibited => "admin-prohibited",
+            Reason::SelfConnect => "self-connect",
+            Reason::Dns => "dns",
+            Reason::Unknown => "unknown",
+            Reason::Local(errno) => {
+                let name = format!("{:?}", nix::errno::Errno::from_raw(errno));
+                return Cow::Owned(match name.as_str() {
+                    "UnknownErrno" => format!("errno{errno}"),
+                    _ => name.to_ascii_lowercase(),
+                });
+            }
+        })
+    }
+}
+
+/// What the operator says a target's ports must look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Expect {
+    Open,
+    Closed,
+    Filtered,
+    NotOpen,
+    Any,
+}
+
+impl Expect {
+    /// Every expectation, in the order messages list them.
+    pub const ALL: [Expect; 5] = [
+        Expect::Open,
+        Expect::Closed,
+        Expect::Filtered,
+        Expect::NotOpen,
+        Expect::Any,
+    ];
+
+    /// The word the config and `/probe?expect=` use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Expect::Open => "open",
+            Expect::Closed => "closed",
+            Expect::Filtered => "filtered",
+            Expect::NotOpen => "not_open",
+            Expect::Any => "any",
+        }
+    }
+
+    /// Whether `state` breaks this expectation; `None` when there is nothing to break (`any`).
+    ///
+    /// An `error` state says nothing about the port, so it never breaks an expectation: probe
+    /// errors have their own series and alert.
+    ///
+    /// ```
+    /// use port_exporter::domain::{Expect, State};
+    /// assert_eq!(Expect::NotOpen.is_broken_by(State::Open), Some(true));
+    /// assert_eq!(Expect::NotOpen.is_broken_by(State::Filtered), Some(false));
+    /// assert_eq!(Expect::Open.is_broken_by(State::Error), Some(false));
+    /// assert_eq!(Expect::Any.is_broken_by(State::Closed), None);
+    /// ```
+    pub fn is_broken_by(self, state: State) -> Option<bool> {
+        let allowed = match self {
+            Expect::Any => return None,
+            Expect::Open => state == State::Open,
+            Expect::Closed => state == State::Closed,
+            Expect::Filtered => state == State::Filtered,
+            Expect::NotOpen => state != State::Open,
+        };
+        Some(state != State::Error && !allowed)
+    }
+
+    /// Whether `state` is a definite answer that this expectation allows (what `/probe`'s
+    /// `probe_success` reports): an `error` never meets one, `any` takes every other state.
+    pub fn is_met_by(self, state: State) -> bool {
+        state != State::Error && self.is_broken_by(state) != Some(true)
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An expectation word that is none of [`Expect::ALL`].
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+#[error("expect {0:?}: expected one of open, closed, filtered, not_open, any")]
+pub struct UnknownExpect(pub String);
+
+impl FromStr for Expect {
+    type Err = UnknownExpect;
+
+    fn from_str(text: &str) -> Result<Expect, UnknownExpect> {
+        Expect::ALL
+            .into_iter()
+            .find(|e| e.as_str() == text)
+            .ok_or_else(|| UnknownExpect(text.to_string()))
+    }
+}
+
+/// How a connection that succeeded is closed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Close {
+    /// SO_LINGER {1, 0}: a reset, as nmap does; the prober keeps no TIME_WAIT socket.
+    #[default]
+    Reset,
+    /// A normal FIN close, for services that log resets as errors; each open probe leaves a
+    /// TIME_WAIT socket on the prober for 60 s.
+    Graceful,
+}
+
+/// How to probe one address: the budget of an attempt, how many more attempts silence gets,
+/// and how to close.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Attempts {
+    pub timeout: Duration,
+    pub retries: u32,
+    pub close: Close,
+}
+
+impl Attempts {
+    /// How many connects a silent port gets in all.
+    pub fn count(&self) -> u32 {
+        self.retries.saturating_add(1)
+    }
+
+    /// The longest one probe can take: `timeout x (retries + 1)`, reached when every attempt
+    /// meets silence.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use port_exporter::domain::{Attempts, Close};
+    /// let attempts = Attempts { timeout: Duration::from_secs(2), retries: 1, close: Close::Reset };
+    /// assert_eq!(attempts.budget(), Duration::from_secs(4));
+    /// ```
+    pub fn budget(&self) -> Duration {
+        self.timeout.saturating_mul(self.count())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_reasons_are_lower_case_errno_names() {
+        assert_eq!(Reason::Local(nix::libc::EMFILE).as_str(), "emfile");
+        assert_eq!(
+            Reason::Local(nix::libc::EADDRNOTAVAIL).as_str(),
+            "eaddrnotavail"
+        );
+        assert_eq!(Reason::Local(99999).as_str(), "errno99999");
+        assert_eq!(Reason::HostUnreach.as_str(), "host-unreach");
+    }
+
+    #[test]
+    fn expectations() {
+        use State::*;
+        let table = [
+            (Expect::Open, Open, Some(false)),
+            (Expect::Open, Closed, Some(true)),
+            (Expect::Open, Filtered, Some(true)),
+            (Expect::Closed, Filtered, Some(true)),
+            (Expect::Filtered, Filtered, Some(false)),
+            (Expect::NotOpen, Closed, Some(false)),
+            (Expect::NotOpen, Filtered, Some(false)),
+            (Expect::NotOpen, Open, Some(true)),
+            (Expect::Open, Error, Some(false)),
+            (Expect::Any, Open, None),
+        ];
+        for (expect, state, broken) in table {
+            assert_eq!(expect.is_broken_by(state), broken, "{expect:?} {state:?}");
+        }
+    }
+
+    #[test]
+    fn expect_words_round_trip_and_unknown_words_are_refused() {
+        for expect in Expect::ALL {
+            assert_eq!(expect.as_str().parse(), Ok(expect));
+        }
+        assert_eq!(
+            "opened".parse::<Expect>(),
+            Err(UnknownExpect("opened".into()))
+        );
+    }
+
+    #[test]
+    fn counts_per_state() {
+        let mut counts = StateCounts::default();
+        counts.add(State::Open);
+        counts.add(State::Open);
+        counts.add(State::Error);
+        assert_eq!((counts.get(State::Open), counts.get(State::Closed)), (2, 0));
+        let mut all = StateCounts::default();
+        all.merge(&counts);
+        all.merge(&counts);
+        assert_eq!(all.total(), 6);
+    }
+}
