@@ -44,7 +44,7 @@ use tokio_util::task::TaskTracker;
 use crate::config::Config;
 use crate::exposition::Metrics;
 use crate::probe::TcpProbe;
-use crate::reload::Reloader;
+use crate::reload::{ConfigSource, Reloader};
 use crate::schedule::resolve::Resolver;
 use crate::schedule::shard::Shard;
 use crate::schedule::{Scheduler, SchedulerParts};
@@ -101,10 +101,11 @@ pub async fn run(
     options: Options,
     shutdown: CancellationToken,
 ) -> Result<(), Error> {
-    let config = match options.shard {
-        Some(shard) => shard.apply(config),
-        None => config,
+    let source = ConfigSource {
+        path: options.config_file,
+        shard: options.shard,
     };
+    let config = source.part_of(config);
     let table = Arc::new(StateTable::new());
     let telemetry = Arc::new(Telemetry::new()?);
     let metrics = Arc::new(Metrics::new(table.clone(), telemetry.clone()));
@@ -123,8 +124,7 @@ pub async fn run(
     };
     let scheduler = Scheduler::start(parts, &config, ready_tx, &tracker, &shutdown);
     let reloader = Arc::new(Reloader::new(
-        options.config_file,
-        options.shard,
+        source,
         config,
         scheduler,
         telemetry.reloads.clone(),

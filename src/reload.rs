@@ -10,28 +10,49 @@ use crate::schedule::Scheduler;
 use crate::schedule::shard::Shard;
 use crate::telemetry::ReloadMetrics;
 
+/// Where the config comes from and which part of it this replica probes: the one loader of
+/// start-up and reloads.
+#[derive(Clone, Debug, Default)]
+pub struct ConfigSource {
+    /// The config file; `None` for the embedded default, which a reload keeps.
+    pub path: Option<PathBuf>,
+    /// This replica's part (`--shard.*`); `None`: all of it.
+    pub shard: Option<Shard>,
+}
+
+impl ConfigSource {
+    /// Loads the config and keeps this replica's part of it.
+    pub fn load(&self) -> Result<Config, ConfigError> {
+        Config::load(self.path.as_deref()).map(|config| self.part_of(config))
+    }
+
+    /// This replica's part of `config`.
+    pub fn part_of(&self, config: Config) -> Config {
+        match self.shard {
+            Some(shard) => shard.apply(config),
+            None => config,
+        }
+    }
+}
+
 /// Holds the config in force and applies new ones.
 pub struct Reloader<P> {
-    /// The config file; `None` for the embedded default, which a reload keeps.
-    path: Option<PathBuf>,
-    /// Applied to every config loaded.
-    shard: Option<Shard>,
+    source: ConfigSource,
     current: RwLock<Arc<Config>>,
     scheduler: Mutex<Scheduler<P>>,
     metrics: ReloadMetrics,
 }
 
 impl<P: Probe> Reloader<P> {
+    /// `config` is the one in force, already [`ConfigSource::part_of`] this replica.
     pub fn new(
-        path: Option<PathBuf>,
-        shard: Option<Shard>,
+        source: ConfigSource,
         config: Config,
         scheduler: Scheduler<P>,
         metrics: ReloadMetrics,
     ) -> Reloader<P> {
         Reloader {
-            path,
-            shard,
+            source,
             current: RwLock::new(Arc::new(config)),
             scheduler: Mutex::new(scheduler),
             metrics,
@@ -48,12 +69,8 @@ impl<P: Probe> Reloader<P> {
 
     /// Re-reads the config file and applies it; on error the running config stays.
     pub fn reload(&self) -> Result<(), ConfigError> {
-        let loaded = Config::load(self.path.as_deref());
-        let config = match loaded {
-            Ok(config) => match self.shard {
-                Some(shard) => shard.apply(config),
-                None => config,
-            },
+        let config = match self.source.load() {
+            Ok(config) => config,
             Err(error) => {
                 self.metrics.record(false);
                 tracing::error!(%error, "config reload failed; keeping the running config");

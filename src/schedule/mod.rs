@@ -314,7 +314,7 @@ async fn resolve<P: Probe>(shared: &Shared<P>, target: &Target) -> Option<Vec<Ip
     if let Ok(ip) = target.host.parse::<IpAddr>() {
         return Some(vec![ip]);
     }
-    let budget = target.timeout * (target.retries + 1);
+    let budget = target.attempts().budget();
     let started = Instant::now();
     let addresses = match shared.resolver.resolve(&target.host, budget).await {
         Ok(ips) => Some(ips),

@@ -99,18 +99,12 @@ impl ProbeRequest {
                 ));
             }
         };
-        let expect = match param("expect").map(String::as_str) {
+        let expect = match param("expect") {
             None => Expect::Open,
-            Some("open") => Expect::Open,
-            Some("closed") => Expect::Closed,
-            Some("filtered") => Expect::Filtered,
-            Some("not_open") => Expect::NotOpen,
-            Some("any") => Expect::Any,
-            Some(other) => {
-                return bad(format!(
-                    "expect {other:?}: expected one of open, closed, filtered, not_open, any"
-                ));
-            }
+            Some(word) => match word.parse() {
+                Ok(expect) => expect,
+                Err(unknown) => return bad(format!("{unknown}")),
+            },
         };
         let debug = match param("debug").map(String::as_str) {
             None | Some("false") => false,
@@ -153,12 +147,12 @@ pub async fn probe<P: Probe + Clone>(
             "/probe is off: the config has no [probe] allow list".into(),
         ));
     }
-    let defaults = &config.defaults;
-    let attempts = defaults.retries + 1;
+    let configured = config.defaults.attempts();
+    let attempts = configured.count();
     let budget = scrape_timeout
         .map(|t| t.saturating_sub(SCRAPE_TIMEOUT_OFFSET).max(MIN_BUDGET))
-        .unwrap_or(defaults.timeout * attempts);
-    let timeout = defaults.timeout.min(budget / attempts);
+        .unwrap_or(configured.budget());
+    let timeout = configured.timeout.min(budget / attempts);
     let _ = writeln!(
         trace,
         "probing {}:{} (timeout {timeout:?} x {attempts} attempts, budget {budget:?})",
@@ -211,8 +205,7 @@ pub async fn probe<P: Probe + Clone>(
         let prober = prober.clone();
         let attempts = Attempts {
             timeout,
-            retries: defaults.retries,
-            close: defaults.close,
+            ..configured
         };
         probes.spawn(async move { (ip, prober.probe(addr, attempts).await) });
     }
@@ -247,12 +240,7 @@ impl ProbeReport {
             && self
                 .outcomes
                 .iter()
-                .all(|(_, o)| match self.request.expect {
-                    Expect::Any => o.state != State::Error,
-                    expect => {
-                        expect.is_broken_by(o.state) == Some(false) && o.state != State::Error
-                    }
-                })
+                .all(|(_, o)| self.request.expect.is_met_by(o.state))
     }
 
     /// The probe as metrics in the text format: the `port_state` family of this probe,
