@@ -77,6 +77,38 @@ pub struct TargetRows {
     /// Duration of the last DNS lookup; `None` for IP literals, which need none.
     pub dns_lookup: Option<Duration>,
     pub rows: BTreeMap<RowKey, Row>,
+    /// What the host is known to stand for now; a row may only be of such an address.
+    addresses: Addresses,
+}
+
+/// The addresses a target's host stands for, as far as the table knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Addresses {
+    /// A name not looked up since the host was set: rows of any address are taken, and the
+    /// first lookup removes those of addresses it does not return.
+    Unknown,
+    /// The last lookup failed: only the address-less rows that say so.
+    Unresolved,
+    /// An IP literal, or what the last lookup returned.
+    Known(Vec<IpAddr>),
+}
+
+impl Addresses {
+    fn of_host(host: &str) -> Addresses {
+        match host.parse::<IpAddr>() {
+            Ok(ip) => Addresses::Known(vec![ip]),
+            Err(_) => Addresses::Unknown,
+        }
+    }
+
+    fn admits(&self, ip: Option<IpAddr>) -> bool {
+        match (self, ip) {
+            (Addresses::Unknown, _) => true,
+            (Addresses::Unresolved, ip) => ip.is_none(),
+            (Addresses::Known(addresses), Some(ip)) => addresses.contains(&ip),
+            (Addresses::Known(_), None) => false,
+        }
+    }
 }
 
 /// The table, keyed by target name (which the config keeps unique).
@@ -93,7 +125,9 @@ impl StateTable {
     }
 
     /// Makes the table's targets those of `targets`: new ones start with no rows, removed
-    /// ones disappear with their rows, changed labels apply to the next scrape.
+    /// ones disappear with their rows, changed labels apply to the next scrape. A target whose
+    /// host changed loses every row: none of them was a probe of the new host, and an IP
+    /// literal's rows are only ever of that address.
     pub fn set_targets(&self, targets: &[Target]) {
         let mut table = self.write();
         let names: HashSet<&str> = targets.iter().map(|t| t.name.as_str()).collect();
@@ -106,7 +140,13 @@ impl StateTable {
                     info: info.clone(),
                     dns_lookup: None,
                     rows: BTreeMap::new(),
+                    addresses: Addresses::of_host(&target.host),
                 });
+            if entry.info.host != target.host {
+                entry.rows.clear();
+                entry.dns_lookup = None;
+                entry.addresses = Addresses::of_host(&target.host);
+            }
             entry.info = info;
             entry
                 .rows
@@ -114,19 +154,30 @@ impl StateTable {
         }
     }
 
-    /// Records a lookup of the target's name: rows of addresses it no longer resolves to go.
-    /// `addresses` is `None` when the lookup failed; then only the address-less rows stay.
-    pub fn record_lookup(&self, target: &str, addresses: Option<&[IpAddr]>, took: Duration) {
+    /// Records a lookup of `host` for the target: rows of addresses it no longer resolves to
+    /// go. `addresses` is `None` when the lookup failed; then only the address-less rows stay.
+    /// A lookup of a host the target no longer has (a reload changed it meanwhile) is ignored.
+    pub fn record_lookup(
+        &self,
+        target: &str,
+        host: &str,
+        addresses: Option<&[IpAddr]>,
+        took: Duration,
+    ) {
         let mut table = self.write();
         let Some(entry) = table.get_mut(target) else {
             return;
         };
+        if entry.info.host != host {
+            return;
+        }
         entry.dns_lookup = Some(took);
-        entry.rows.retain(|key, _| match (addresses, key.ip) {
-            (Some(addresses), Some(ip)) => addresses.contains(&ip),
-            (None, None) => true,
-            _ => false,
-        });
+        entry.addresses = match addresses {
+            Some(addresses) => Addresses::Known(addresses.to_vec()),
+            None => Addresses::Unresolved,
+        };
+        let now = &entry.addresses;
+        entry.rows.retain(|key, _| now.admits(key.ip));
     }
 
     /// Records the outcome of one probe.
@@ -136,8 +187,8 @@ impl StateTable {
             // The target was removed while its probe ran.
             return;
         };
-        if entry.info.ports.binary_search(&key.port).is_err() {
-            // The port was removed by a reload while its probe ran.
+        if entry.info.ports.binary_search(&key.port).is_err() || !entry.addresses.admits(key.ip) {
+            // The port was removed, or the host changed, by a reload while its probe ran.
             return;
         }
         entry
@@ -254,15 +305,65 @@ mod tests {
         for ip in [V4, V6, None] {
             table.record("h", RowKey { port: 1, ip }, outcome(State::Open, 1));
         }
-        table.record_lookup("h", Some(&[V6.unwrap()]), Duration::from_millis(3));
+        table.record_lookup("h", "h", Some(&[V6.unwrap()]), Duration::from_millis(3));
         let keys: Vec<_> = table.view(Clone::clone)["h"]
             .rows
             .keys()
             .map(|k| k.ip)
             .collect();
         assert_eq!(keys, [V6]);
-        table.record_lookup("h", None, Duration::from_millis(3));
+        table.record_lookup("h", "h", None, Duration::from_millis(3));
         assert!(table.view(Clone::clone)["h"].rows.is_empty());
+        // A probe of an address the host no longer resolves to leaves no row.
+        table.record("h", RowKey { port: 1, ip: V4 }, outcome(State::Open, 2));
+        assert!(table.view(Clone::clone)["h"].rows.is_empty());
+    }
+
+    /// Regression: `db` with host 127.0.0.1 reloaded to host 127.0.0.2 kept its 127.0.0.1 row
+    /// (and its old state) for ever, because rows were pruned by port only.
+    #[test]
+    fn a_changed_host_leaves_no_row_of_the_old_one() {
+        let table = StateTable::new();
+        let db = |host: &str| {
+            config(&format!(
+                "[[targets]]\nname = \"db\"\nhost = \"{host}\"\nports = [1]"
+            ))
+            .targets
+        };
+        let v4 = |text: &str| RowKey {
+            port: 1,
+            ip: Some(text.parse().unwrap()),
+        };
+        let ips = |table: &StateTable| -> Vec<Option<IpAddr>> {
+            table.view(|t| t["db"].rows.keys().map(|k| k.ip).collect())
+        };
+        table.set_targets(&db("127.0.0.1"));
+        table.record("db", v4("127.0.0.1"), outcome(State::Open, 1));
+        table.set_targets(&db("127.0.0.2"));
+        assert!(ips(&table).is_empty(), "the literal's old address is gone");
+        // A probe of the old host that finishes after the reload leaves nothing either.
+        table.record("db", v4("127.0.0.1"), outcome(State::Open, 2));
+        table.record("db", v4("127.0.0.2"), outcome(State::Closed, 2));
+        assert_eq!(ips(&table), [Some("127.0.0.2".parse().unwrap())]);
+        // A name changed to a literal, and a lookup of the old name arriving late.
+        table.set_targets(&db("old.example"));
+        table.record_lookup(
+            "db",
+            "old.example",
+            Some(&["127.0.0.9".parse().unwrap()]),
+            Duration::ZERO,
+        );
+        table.record("db", v4("127.0.0.9"), outcome(State::Open, 3));
+        table.set_targets(&db("127.0.0.3"));
+        table.record_lookup(
+            "db",
+            "old.example",
+            Some(&["127.0.0.9".parse().unwrap()]),
+            Duration::ZERO,
+        );
+        table.record("db", v4("127.0.0.9"), outcome(State::Open, 4));
+        assert!(ips(&table).is_empty(), "{:?}", ips(&table));
+        assert_eq!(table.view(|t| t["db"].dns_lookup), None);
     }
 
     #[test]

@@ -367,3 +367,48 @@ fn probe_refuses_what_the_allow_list_does_not_name_and_never_connects() {
     assert!(bait.accept().is_err(), "a bad request was connected to");
     exporter.stop();
 }
+
+/// Regression: target `db` with `host = "127.0.0.1"` reloaded to `host = "127.0.0.2"` kept its
+/// series with `ip="127.0.0.1"` and the old state for ever.
+#[test]
+fn a_reload_that_changes_a_host_leaves_no_series_of_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ports.toml");
+    let (_open, port) = listener();
+    let config = |host: &str| {
+        format!(
+            "[[targets]]\nname = \"db\"\nhost = \"{host}\"\nports = [{port}]\ninterval = \"1s\"\ntimeout = \"400ms\"\n"
+        )
+    };
+    write(&path, &config("127.0.0.1"));
+    let options = Options {
+        config_file: Some(path.clone()),
+        ..Options::default()
+    };
+    let exporter = start_exporter_with(&config("127.0.0.1"), options);
+    wait_ready(exporter.addr, Duration::from_secs(10));
+    let old = [("target", "db"), ("ip", "127.0.0.1")];
+    assert_eq!(state_of(&scrape(&exporter), &old), "open");
+    write(&path, &config("127.0.0.2"));
+    assert_eq!(post(&exporter, "/-/reload").status, 200);
+    let new = [("target", "db"), ("ip", "127.0.0.2")];
+    // The listener is on 127.0.0.1 only: the new host's port is closed.
+    wait_until(
+        &exporter,
+        "the new host probed",
+        Duration::from_secs(10),
+        |s| s.iter().any(|sample| matches(sample, &new)),
+    );
+    // A few rounds later, still nothing of the old address.
+    std::thread::sleep(Duration::from_millis(2500));
+    let samples = scrape(&exporter);
+    let stale: Vec<_> = samples.iter().filter(|s| matches(s, &old)).collect();
+    assert!(stale.is_empty(), "series of the old host: {stale:?}");
+    assert_eq!(state_of(&samples, &new), "closed");
+}
+
+fn matches(sample: &Sample, labels: &[(&str, &str)]) -> bool {
+    labels
+        .iter()
+        .all(|(name, value)| sample.labels.get(*name).map(String::as_str) == Some(*value))
+}

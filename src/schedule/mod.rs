@@ -326,9 +326,12 @@ async fn resolve<P: Probe>(shared: &Shared<P>, target: &Target) -> Option<Vec<Ip
     if addresses.is_none() {
         shared.metrics.dns_lookup_failures.inc();
     }
-    shared
-        .table
-        .record_lookup(&target.name, addresses.as_deref(), started.elapsed());
+    shared.table.record_lookup(
+        &target.name,
+        &target.host,
+        addresses.as_deref(),
+        started.elapsed(),
+    );
     addresses
 }
 
