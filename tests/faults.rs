@@ -1,5 +1,6 @@
 //! The binary under faults it must survive without lying: out of file descriptors, a resolver
-//! that never answers, SIGTERM in the middle of a full round, and the wall clock jumping.
+//! that never answers, SIGTERM in the middle of a full round, the wall clock jumping, and a
+//! prober host that refuses to send (no route, a `prohibit` route).
 //!
 //! A listener whose accept backlog is full (a silent port) is covered by tests/exporter.rs
 //! (`ready_waits_for_the_first_round_and_silence_is_filtered`).
@@ -271,6 +272,63 @@ fn start_in(ns: &Netns, dir: &Path, text: &str, env: &[(&str, &str)]) -> Running
 fn ns_scrape(ns: &Netns) -> Option<Vec<Sample>> {
     let response = ns.try_get(EXPORTER_ADDR, "/metrics").ok()?;
     (response.status == 200).then(|| parse_samples(&response.text()))
+}
+
+// ---------------------------------------------------------------------------------------------
+// The prober's own host refuses
+
+/// Regression: connect() failing at once on the prober's host (no route at all: ENETUNREACH;
+/// a `prohibit` route, as a security module would: EACCES) read as `filtered`, a port state,
+/// although no packet ever left. They are `error` with the errno; an `unreachable` route keeps
+/// nmap's filtered/host-unreach.
+#[test]
+fn failures_on_the_probers_own_host_are_errors_not_port_states() {
+    if !root_and(&["ip"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("local-fail");
+    ns.run(&["ip", "route", "add", "prohibit", "198.18.201.0/24"]);
+    ns.run(&["ip", "route", "add", "unreachable", "198.18.200.0/24"]);
+    // The namespace has loopback only: 198.18.5.0/24 and 2001:2::/48 (benchmarking ranges)
+    // have no route at all, so nothing is sent anywhere.
+    let config = r#"
+        [defaults]
+        interval = "2s"
+        timeout = "500ms"
+        [[targets]]
+        name = "no-route-v4"
+        host = "198.18.5.5"
+        ports = [80]
+        [[targets]]
+        name = "no-route-v6"
+        host = "2001:2::5"
+        ports = [80]
+        [[targets]]
+        name = "prohibited"
+        host = "198.18.201.1"
+        ports = [80]
+        [[targets]]
+        name = "unreachable-route"
+        host = "198.18.200.1"
+        ports = [80]
+    "#;
+    let _exporter =
+        common::netns::start_exporter_in(&ns, dir.path(), config, Duration::from_secs(20));
+    let samples = ns_scrape(&ns).expect("the exporter answers /metrics");
+    let expected = [
+        ("no-route-v4", "error", "enetunreach"),
+        ("no-route-v6", "error", "enetunreach"),
+        ("prohibited", "error", "eacces"),
+        ("unreachable-route", "filtered", "host-unreach"),
+    ];
+    for (target, state, reason) in expected {
+        assert_eq!(
+            states(&samples, target),
+            [("80".to_string(), state.to_string(), reason.to_string())],
+            "{target}"
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -9,10 +9,14 @@ use crate::domain::{Reason, State};
 /// Classifies the result of one connect attempt. Our own timeout arrives as
 /// `io::ErrorKind::TimedOut` without an errno; the kernel's as `ETIMEDOUT`.
 pub fn classify(result: &io::Result<()>) -> (State, Reason) {
-    let error = match result {
-        Ok(()) => return (State::Open, Reason::SynAck),
-        Err(error) => error,
-    };
+    match result {
+        Ok(()) => (State::Open, Reason::SynAck),
+        Err(error) => classify_error(error),
+    }
+}
+
+/// Classifies the error a connect attempt ended with.
+fn classify_error(error: &io::Error) -> (State, Reason) {
     match error.raw_os_error() {
         Some(libc::ECONNREFUSED) => (State::Closed, Reason::ConnRefused),
         Some(libc::ETIMEDOUT) => (State::Filtered, Reason::NoResponse),
@@ -27,6 +31,20 @@ pub fn classify(result: &io::Result<()>) -> (State, Reason) {
         Some(errno) => (State::Error, Reason::Local(errno)),
         None if error.kind() == io::ErrorKind::TimedOut => (State::Filtered, Reason::NoResponse),
         None => (State::Error, Reason::Unknown),
+    }
+}
+
+/// Classifies an error that connect() itself returned, before any packet could be answered.
+///
+/// Such an error is the prober's own host speaking: a security module or a `prohibit` route
+/// (`EACCES`), no route at all (`ENETUNREACH`, e.g. no IPv6 on the host), an OUTPUT rule
+/// (`EPERM`). None of them says anything about the port, so they are `error` with the errno,
+/// never `filtered`. Only an `unreachable` route keeps its network meaning (EHOSTUNREACH:
+/// filtered, host-unreach, as nmap says), since operators use it to model a rejecting network.
+pub fn classify_local(error: &io::Error) -> (State, Reason) {
+    match error.raw_os_error() {
+        Some(errno @ (libc::EACCES | libc::ENETUNREACH)) => (State::Error, Reason::Local(errno)),
+        _ => classify_error(error),
     }
 }
 
@@ -56,6 +74,23 @@ mod tests {
         ];
         for (result, state, reason) in table {
             assert_eq!(classify(&result), (state, reason), "{result:?}");
+        }
+    }
+
+    #[test]
+    fn errors_of_connect_itself_are_local_but_an_unreachable_route() {
+        use Reason::*;
+        use State::*;
+        let os = io::Error::from_raw_os_error;
+        let table = [
+            (libc::EACCES, Error, Local(libc::EACCES)),
+            (libc::ENETUNREACH, Error, Local(libc::ENETUNREACH)),
+            (libc::EPERM, Error, Local(libc::EPERM)),
+            (libc::EHOSTUNREACH, Filtered, HostUnreach),
+            (libc::ECONNREFUSED, Closed, ConnRefused),
+        ];
+        for (errno, state, reason) in table {
+            assert_eq!(classify_local(&os(errno)), (state, reason), "errno {errno}");
         }
     }
 

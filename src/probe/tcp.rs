@@ -12,7 +12,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
-use super::{Outcome, Probe, classify};
+use super::classify::{classify, classify_local};
+use super::{Outcome, Probe};
 use crate::domain::{Attempts, Close, Reason, State};
 
 /// Probes with a full TCP connect, like `nmap -sT`; needs no privileges.
@@ -21,6 +22,8 @@ pub struct TcpProbe;
 
 enum Attempt {
     Answered(io::Result<()>),
+    /// connect() itself failed: the prober's host refused before the network could answer.
+    RefusedLocally(io::Error),
     /// The socket connected to itself (loopback target port inside the ephemeral range).
     SelfConnected,
 }
@@ -39,6 +42,7 @@ impl Probe for TcpProbe {
                 Attempt::SelfConnected if last => (State::Closed, Reason::SelfConnect),
                 Attempt::SelfConnected => continue,
                 Attempt::Answered(result) => classify(&result),
+                Attempt::RefusedLocally(error) => classify_local(&error),
             };
             // Only silence is worth another try: any answer is the port's truth.
             if reason == Reason::NoResponse && !last {
@@ -73,7 +77,7 @@ async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Atte
     match socket.connect(&addr.into()) {
         Ok(()) => connected(SockRef::from(&socket), addr, close),
         Err(error) if error.raw_os_error() != Some(Errno::EINPROGRESS as i32) => {
-            Attempt::Answered(Err(error))
+            Attempt::RefusedLocally(error)
         }
         Err(_in_progress) => match settled(&socket) {
             Some(Ok(())) => connected(SockRef::from(&socket), addr, close),
