@@ -1,0 +1,225 @@
+//! The status page's view model: what the page shows, copied out of the state table.
+//!
+//! [`PageView::copy`] runs under the table's read lock (inside [`StateTable::view`]), where
+//! every probe that finishes waits, so it only counts and copies: per-target counts of all
+//! rows, and at most [`MAX_ROWS_PER_TARGET`] rows per target, as owned values. Formatting and
+//! rendering happen on the copy, after the lock is released.
+//!
+//! [`StateTable::view`]: crate::state::StateTable::view
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use super::MAX_ROWS_PER_TARGET;
+use super::filter::Filter;
+use crate::domain::StateCounts;
+use crate::probe::Outcome;
+use crate::state::{TargetInfo, TargetRows};
+
+/// The whole page's data.
+pub struct PageView {
+    /// Targets configured, shown or not.
+    pub targets: u64,
+    /// Every row per state, all targets (the cards).
+    pub all: StateCounts,
+    /// Rows `/metrics` has series for, per state, all targets (the filter links).
+    pub listed: StateCounts,
+    /// Rows whose state breaks their target's expectation, listed or not.
+    pub unexpected: u64,
+    /// The targets the page lists, sorted by name.
+    pub shown: Vec<TargetView>,
+    /// Targets left out because none of their listed rows is in the state filtered for.
+    pub left_out: u64,
+}
+
+/// One target's data.
+pub struct TargetView {
+    /// Shared with the table, not copied: the table replaces a target's info on reload and
+    /// never changes it in place.
+    pub info: Arc<TargetInfo>,
+    pub dns_lookup: Option<Duration>,
+    /// Every row per state, listed or not (like `port_target_ports`).
+    pub all: StateCounts,
+    /// Rows whose state breaks the expectation, listed or not.
+    pub unexpected: u64,
+    /// Rows `/metrics` has series for, per state.
+    pub listed: StateCounts,
+    /// Distinct ports among all rows.
+    pub ports: u64,
+    /// The first [`MAX_ROWS_PER_TARGET`] rows listed and admitted by the filter, sorted by
+    /// port and address.
+    pub rows: Vec<RowView>,
+    /// Rows listed and admitted by the filter beyond `rows`.
+    pub more: u64,
+}
+
+/// One listed row: a (port, address) of the target and its latest outcome.
+pub struct RowView {
+    pub port: u16,
+    /// `None` when the name did not resolve.
+    pub ip: Option<IpAddr>,
+    pub outcome: Outcome,
+    /// How often the state changed since the row appeared.
+    pub changes: u64,
+    pub last_change: SystemTime,
+    /// Whether the state breaks the target's expectation; `None` when it expects any state.
+    pub broken: Option<bool>,
+}
+
+impl PageView {
+    /// Copies what the page shows out of `table`, listing the rows `filter` admits.
+    pub fn copy(table: &BTreeMap<String, TargetRows>, filter: &Filter) -> PageView {
+        let mut page = PageView {
+            targets: 0,
+            all: StateCounts::default(),
+            listed: StateCounts::default(),
+            unexpected: 0,
+            shown: Vec::new(),
+            left_out: 0,
+        };
+        for target in table.values() {
+            let view = TargetView::copy(target, filter);
+            page.targets += 1;
+            page.all.merge(&view.all);
+            page.listed.merge(&view.listed);
+            page.unexpected += view.unexpected;
+            // Under a filter, a target none of whose listed rows match is left out (and counted).
+            if filter.only().is_some() && view.rows.is_empty() {
+                page.left_out += 1;
+            } else {
+                page.shown.push(view);
+            }
+        }
+        page
+    }
+
+    /// Rows counted in the summaries but not listed: range ports `/metrics` has no series for.
+    pub fn hidden(&self) -> u64 {
+        self.all.total() - self.listed.total()
+    }
+}
+
+impl TargetView {
+    fn copy(target: &TargetRows, filter: &Filter) -> TargetView {
+        let info = &target.info;
+        let mut view = TargetView {
+            info: Arc::clone(info),
+            dns_lookup: target.dns_lookup,
+            all: StateCounts::default(),
+            unexpected: 0,
+            listed: StateCounts::default(),
+            ports: 0,
+            rows: Vec::new(),
+            more: 0,
+        };
+        let mut last_port = None;
+        // BTreeMap order: by port, then address (unresolved first).
+        for (key, row) in &target.rows {
+            let state = row.outcome.state;
+            view.all.add(state);
+            if last_port != Some(key.port) {
+                view.ports += 1;
+                last_port = Some(key.port);
+            }
+            let broken = info.expect.is_broken_by(state);
+            if broken == Some(true) {
+                view.unexpected += 1;
+            }
+            if !info.shows(key.port, row) {
+                continue;
+            }
+            view.listed.add(state);
+            if !filter.admits(state) {
+                continue;
+            }
+            if view.rows.len() < MAX_ROWS_PER_TARGET {
+                view.rows.push(RowView {
+                    port: key.port,
+                    ip: key.ip,
+                    outcome: row.outcome,
+                    changes: row.changes,
+                    last_change: row.last_change,
+                    broken,
+                });
+            } else {
+                view.more += 1;
+            }
+        }
+        view
+    }
+
+    /// Rows counted in the summary but not listed: range ports `/metrics` has no series for.
+    pub fn hidden(&self) -> u64 {
+        self.all.total() - self.listed.total()
+    }
+}
+
+impl RowView {
+    /// Whether the state breaks the target's expectation.
+    pub fn unexpected(&self) -> bool {
+        self.broken == Some(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::domain::{Reason, State};
+    use crate::state::{RowKey, StateTable};
+    use std::net::Ipv4Addr;
+
+    const V4: Option<IpAddr> = Some(IpAddr::V4(Ipv4Addr::LOCALHOST));
+
+    fn outcome(state: State) -> Outcome {
+        Outcome {
+            state,
+            reason: Reason::Unknown,
+            connect: None,
+            at: SystemTime::UNIX_EPOCH,
+        }
+    }
+
+    #[test]
+    fn the_copy_counts_every_row_and_keeps_the_listed_ones_it_may_show() {
+        let table = StateTable::new();
+        let config = "[[targets]]\nname = \"a\"\nhost = \"127.0.0.1\"\nports = [\"1-1500\"]\n\
+                      expect = \"closed\"\n[[targets]]\nname = \"b\"\nhost = \"127.0.0.1\"\nports = [7]";
+        table.set_targets(&Config::parse(config, "test").unwrap().targets);
+        for port in 1..=1500 {
+            let state = if port <= 1200 {
+                State::Open
+            } else {
+                State::Closed
+            };
+            table.record("a", RowKey { port, ip: V4 }, outcome(state));
+        }
+        table.record("b", RowKey { port: 7, ip: V4 }, outcome(State::Closed));
+
+        let page = table.view(|t| PageView::copy(t, &Filter::All));
+        let a = &page.shown[0];
+        assert_eq!((page.targets, page.shown.len(), page.left_out), (2, 2, 0));
+        assert_eq!((a.all.total(), a.ports, a.unexpected), (1500, 1500, 1200));
+        // The open range ports are listed (capped); the closed ones are only counted.
+        assert_eq!((a.listed.total(), a.hidden()), (1200, 300));
+        assert_eq!(
+            (a.rows.len() as u64, a.more),
+            (MAX_ROWS_PER_TARGET as u64, 200)
+        );
+        assert!(a.rows.iter().all(RowView::unexpected));
+        assert_eq!(a.rows.first().map(|r| r.port), Some(1));
+        assert_eq!(
+            (page.all.total(), page.hidden(), page.unexpected),
+            (1501, 300, 1200)
+        );
+
+        let closed = table.view(|t| PageView::copy(t, &Filter::Only(State::Closed)));
+        // Target a lists no closed row (its closed ports are in their expected state).
+        assert_eq!((closed.targets, closed.left_out), (2, 1));
+        assert_eq!(closed.shown[0].info.name, "b");
+        assert_eq!(closed.shown[0].rows[0].broken, None, "b expects any state");
+        assert_eq!(closed.all, page.all, "counts do not depend on the filter");
+    }
+}
