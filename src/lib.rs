@@ -136,6 +136,7 @@ pub async fn run(
         metrics,
         table,
         reloader,
+        probe: TcpProbe,
         resolver,
         web_config: options.web_config,
         ready,

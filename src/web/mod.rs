@@ -1,52 +1,54 @@
-//! The HTTP server: `/metrics`, a landing page, and the health and readiness endpoints.
+//! The HTTP server: the accept loop, and the bounds and timeouts of each connection.
 //!
+//! - `routes`: the endpoints (`/metrics`, `/`, `/probe`, `/config`, `/-/reload`,
+//!   `/-/healthy`, `/-/ready`) and their handlers;
+//! - `query`: query strings, decoded;
 //! - [`probe`]: `/probe?target=host:port`, behind the allow list;
 //! - [`status`]: the status page at `/`;
 //! - [`security`]: the web config file (TLS, basic auth).
 
 pub mod probe;
+mod query;
+mod routes;
 pub mod security;
 pub mod status;
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use bytes::Bytes;
-use hyper::header::{self, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
-use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::exposition::{Metrics, TEXT_CONTENT_TYPE};
-use crate::probe::TcpProbe;
+use crate::exposition::Metrics;
+use crate::probe::Probe;
 use crate::reload::Reloader;
 use crate::schedule::resolve::Resolver;
 use crate::state::StateTable;
-use crate::web::probe::{ProbeRequest, Refusal};
 use crate::web::security::WebConfig;
-use crate::web::status::StatusPage;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request head (request line and headers) read; larger ones get 431.
 const MAX_REQUEST_HEAD: usize = 64 * 1024;
-/// Seconds between automatic reloads of the status page.
-const STATUS_REFRESH_SECONDS: u32 = 15;
 /// How long open connections get to finish after shutdown starts.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
-/// What the request handlers need.
-pub struct Web {
+/// What the request handlers need; `P` probes for `/probe`.
+pub struct Web<P> {
     pub metrics: Arc<Metrics>,
     pub table: Arc<StateTable>,
     /// The config in force, and reloads.
-    pub reloader: Arc<Reloader<TcpProbe>>,
+    pub reloader: Arc<Reloader<P>>,
+    /// How `/probe` probes: the scheduler's probe, [`TcpProbe`](crate::probe::TcpProbe), in
+    /// the exporter.
+    pub probe: P,
     /// Name lookups for `/probe`, shared with the scheduler.
     pub resolver: Arc<Resolver>,
     /// TLS and basic auth (`--web.config.file`); `None` serves plain HTTP to everyone.
@@ -107,7 +109,11 @@ const ACCEPT_BACK_OFF: Duration = Duration::from_millis(10);
 
 /// Serves HTTP (or HTTPS, per the web config) on `listener` until `shutdown` is cancelled,
 /// then lets open requests finish.
-pub async fn serve(listener: TcpListener, web: Arc<Web>, shutdown: CancellationToken) {
+pub async fn serve<P: Probe + Clone>(
+    listener: TcpListener,
+    web: Arc<Web<P>>,
+    shutdown: CancellationToken,
+) {
     let graceful = GracefulShutdown::new();
     // Failed accepts in a row: out of fds, say. Logged once, then once more on recovery.
     let mut failed_accepts: u32 = 0;
@@ -172,9 +178,10 @@ pub async fn serve(listener: TcpListener, web: Arc<Web>, shutdown: CancellationT
 }
 
 /// Serves one HTTP/1.1 connection over `io` (plain TCP or TLS) until it ends or shutdown.
-async fn serve_connection<I>(io: I, web: Arc<Web>, watcher: Watcher) -> hyper::Result<()>
+async fn serve_connection<I, P>(io: I, web: Arc<Web<P>>, watcher: Watcher) -> hyper::Result<()>
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    P: Probe + Clone,
 {
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -186,263 +193,8 @@ where
             TokioIo::new(io),
             service_fn(move |request| {
                 let web = web.clone();
-                async move { Ok::<_, Infallible>(handle(&web, request).await) }
+                async move { Ok::<_, Infallible>(routes::handle(&web, request).await) }
             }),
         );
     watcher.watch(connection).await
-}
-
-async fn handle<B>(web: &Web, request: Request<B>) -> Response<Body> {
-    // Over the cap, answer at once instead of queueing: a scraper retries, a pile-up does not.
-    let _permit = match &web.request_slots {
-        Some(slots) => match slots.clone().try_acquire_owned() {
-            Ok(permit) => Some(permit),
-            Err(_) => {
-                return text(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "too many requests in flight (--web.max-requests)\n",
-                );
-            }
-        },
-        None => None,
-    };
-    let authorized = web
-        .web_config
-        .as_ref()
-        .is_none_or(|c| c.authorized(request.headers().get(header::AUTHORIZATION)));
-    if !authorized {
-        let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"port_exporter\""),
-        );
-        return response;
-    }
-    let path = request.uri().path();
-    let read_only = path == web.telemetry_path
-        || ["/", "/-/healthy", "/-/ready", "/config", "/probe"].contains(&path);
-    let allowed_methods = match path {
-        "/-/reload" => "POST",
-        _ if read_only => "GET, HEAD",
-        _ => return text(StatusCode::NOT_FOUND, "404 page not found\n"),
-    };
-    let method_allowed = match allowed_methods {
-        "POST" => request.method() == Method::POST,
-        _ => request.method() == Method::GET || request.method() == Method::HEAD,
-    };
-    if !method_allowed {
-        let mut response = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-        response
-            .headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(allowed_methods));
-        return response;
-    }
-    match path {
-        p if p == web.telemetry_path => metrics(web, &request).await,
-        "/" => status_page(web, &request),
-        "/probe" => probe(web, &request).await,
-        "/config" => text(StatusCode::OK, web.reloader.current().source.clone()),
-        "/-/reload" => match web.reloader.reload() {
-            Ok(()) => text(StatusCode::OK, "config reloaded\n"),
-            Err(error) => text(
-                StatusCode::INTERNAL_SERVER_ERROR,
-                format!("config reload failed, the running config stays: {error}\n"),
-            ),
-        },
-        "/-/healthy" => text(StatusCode::OK, "port_exporter is healthy.\n"),
-        _ if *web.ready.borrow() => text(StatusCode::OK, "port_exporter is ready.\n"),
-        _ => text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "port_exporter is not ready: the first round of probes is still running.\n",
-        ),
-    }
-}
-
-/// `/probe?target=host:port`: 400 for a bad request, 403 outside the allow list.
-async fn probe<B>(web: &Web, request: &Request<B>) -> Response<Body> {
-    let Some(params) = query_params(request.uri().query()) else {
-        return text(StatusCode::BAD_REQUEST, "malformed query string\n");
-    };
-    let probe_request = match ProbeRequest::parse(&params) {
-        Ok(probe_request) => probe_request,
-        Err(refusal) => return refused(&refusal),
-    };
-    let scrape_timeout = request
-        .headers()
-        .get("X-Prometheus-Scrape-Timeout-Seconds")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .filter(|d| !d.is_zero());
-    let config = web.reloader.current();
-    let debug = probe_request.debug;
-    let report = match probe::probe(
-        &TcpProbe,
-        &web.resolver,
-        &config,
-        probe_request,
-        scrape_timeout,
-    )
-    .await
-    {
-        Ok(report) => report,
-        Err(refusal) => return refused(&refusal),
-    };
-    if debug {
-        return text(StatusCode::OK, report.debug_text());
-    }
-    let mut response = Response::new(Body::from(Bytes::from(report.render())));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(TEXT_CONTENT_TYPE),
-    );
-    response
-}
-
-fn refused(refusal: &Refusal) -> Response<Body> {
-    let status = match refusal {
-        Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
-        Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
-    };
-    text(status, format!("{refusal}\n"))
-}
-
-async fn metrics<B>(web: &Web, request: &Request<B>) -> Response<Body> {
-    let gzip = accepts_gzip(request.headers().get(header::ACCEPT_ENCODING));
-    let body = web.metrics.scrape(gzip).await;
-    let mut response = Response::new(Body::from_chunks(body));
-    let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(TEXT_CONTENT_TYPE),
-    );
-    if gzip {
-        headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
-    }
-    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
-    response
-}
-
-/// Whether an Accept-Encoding header allows gzip (a `q=0` weight refuses it).
-fn accepts_gzip(value: Option<&HeaderValue>) -> bool {
-    let Some(value) = value.and_then(|v| v.to_str().ok()) else {
-        return false;
-    };
-    value.split(',').any(|item| {
-        let mut parts = item.split(';').map(str::trim);
-        let coding = parts.next().unwrap_or_default();
-        let refused = parts.any(|p| {
-            p.strip_prefix("q=")
-                .and_then(|q| q.parse::<f32>().ok())
-                .is_some_and(|q| q == 0.0)
-        });
-        (coding.eq_ignore_ascii_case("gzip") || coding == "*") && !refused
-    })
-}
-
-fn status_page<B>(web: &Web, request: &Request<B>) -> Response<Body> {
-    let state_filter = query_param(request.uri().query(), "state");
-    let page = StatusPage {
-        telemetry_path: &web.telemetry_path,
-        refresh_seconds: STATUS_REFRESH_SECONDS,
-    }
-    .render(&web.table, SystemTime::now(), state_filter.as_deref());
-    let mut response = Response::new(Body::from(Bytes::from(page)));
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    response
-}
-
-/// The percent-decoded value of `name` in a query string.
-fn query_param(query: Option<&str>, name: &str) -> Option<String> {
-    query_params(query)?
-        .into_iter()
-        .find_map(|(key, value)| (key == name).then_some(value))
-}
-
-/// Every (name, value) of a query string, percent-decoded; `None` if an escape is malformed.
-fn query_params(query: Option<&str>) -> Option<Vec<(String, String)>> {
-    query
-        .unwrap_or_default()
-        .split('&')
-        .filter(|pair| !pair.is_empty())
-        .map(|pair| {
-            let (key, value) = pair.split_once('=').unwrap_or((pair, ""));
-            Some((percent_decode(key)?, percent_decode(value)?))
-        })
-        .collect()
-}
-
-/// Decodes `%XX` escapes and `+` (a space in query strings); `None` for a bad escape or UTF-8.
-fn percent_decode(text: &str) -> Option<String> {
-    let mut bytes = Vec::with_capacity(text.len());
-    let mut rest = text.as_bytes();
-    while let Some((&b, tail)) = rest.split_first() {
-        rest = tail;
-        match b {
-            b'+' => bytes.push(b' '),
-            b'%' => {
-                let hex = std::str::from_utf8(rest.get(..2)?).ok()?;
-                bytes.push(u8::from_str_radix(hex, 16).ok()?);
-                rest = &rest[2..];
-            }
-            b => bytes.push(b),
-        }
-    }
-    String::from_utf8(bytes).ok()
-}
-
-fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
-    let mut response = Response::new(Body::from(body.into()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; charset=utf-8"),
-    );
-    response
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_parameters_are_decoded() {
-        assert_eq!(
-            query_param(Some("state=open"), "state").as_deref(),
-            Some("open")
-        );
-        assert_eq!(
-            query_param(Some("a=1&state=cl%6Fsed"), "state").as_deref(),
-            Some("closed")
-        );
-        assert_eq!(
-            query_param(Some("target=a+b"), "target").as_deref(),
-            Some("a b")
-        );
-        assert_eq!(query_param(Some("state"), "state").as_deref(), Some(""));
-        assert_eq!(query_param(Some("state=%zz"), "state"), None);
-        assert_eq!(query_param(Some("other=1"), "state"), None);
-        assert_eq!(query_param(None, "state"), None);
-    }
-
-    #[test]
-    fn accept_encoding_parsing() {
-        let cases = [
-            (None, false),
-            (Some("gzip"), true),
-            (Some("deflate, gzip;q=1.0, *;q=0.5"), true),
-            (Some("identity"), false),
-            (Some("gzip;q=0"), false),
-            (Some("GZIP"), true),
-            (Some("*"), true),
-            (Some("br"), false),
-        ];
-        for (header, gzip) in cases {
-            let value = header.map(HeaderValue::from_static);
-            assert_eq!(accepts_gzip(value.as_ref()), gzip, "{header:?}");
-        }
-    }
 }
