@@ -271,7 +271,7 @@ mod tests {
     use crate::domain::{Attempts, Reason, State};
     use crate::exposition::Metrics;
     use crate::probe::Outcome;
-    use crate::reload::Reloader;
+    use crate::reload::{ConfigSource, Reloader};
     use crate::schedule::resolve::Resolver;
     use crate::schedule::{Scheduler, SchedulerParts};
     use crate::state::StateTable;
@@ -380,7 +380,12 @@ mod tests {
             &TaskTracker::new(),
             &CancellationToken::new(),
         );
-        let reloader = Reloader::new(None, None, config, scheduler, telemetry.reloads.clone());
+        let reloader = Reloader::new(
+            ConfigSource::default(),
+            config,
+            scheduler,
+            telemetry.reloads.clone(),
+        );
         Web {
             metrics: Arc::new(Metrics::new(table.clone(), telemetry)),
             table,
