@@ -34,6 +34,10 @@ use view::PageView;
 /// Keeps the page usable when a whole range breaks its expectation.
 pub const MAX_ROWS_PER_TARGET: usize = 1000;
 
+/// Most rows listed on the whole page, whatever the number of targets: bounds the copy made
+/// under the table's lock, the page's memory and its size (about 1 KB a row).
+pub const MAX_ROWS_PER_PAGE: usize = 10_000;
+
 /// What the page shows besides the table.
 pub struct StatusPage<'a> {
     /// Path of the metrics endpoint, for the link.

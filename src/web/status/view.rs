@@ -2,7 +2,8 @@
 //!
 //! [`PageView::copy`] runs under the table's read lock (inside [`StateTable::view`]), where
 //! every probe that finishes waits, so it only counts and copies: per-target counts of all
-//! rows, and at most [`MAX_ROWS_PER_TARGET`] rows per target, as owned values. Formatting and
+//! rows, and at most [`MAX_ROWS_PER_TARGET`] rows per target and [`MAX_ROWS_PER_PAGE`] in
+//! all, as owned values. Formatting and
 //! rendering happen on the copy, after the lock is released.
 //!
 //! [`StateTable::view`]: crate::state::StateTable::view
@@ -12,8 +13,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use super::MAX_ROWS_PER_TARGET;
 use super::filter::Filter;
+use super::{MAX_ROWS_PER_PAGE, MAX_ROWS_PER_TARGET};
 use crate::domain::StateCounts;
 use crate::probe::Outcome;
 use crate::state::{TargetInfo, TargetRows};
@@ -48,8 +49,8 @@ pub struct TargetView {
     pub listed: StateCounts,
     /// Distinct ports among all rows.
     pub ports: u64,
-    /// The first [`MAX_ROWS_PER_TARGET`] rows listed and admitted by the filter, sorted by
-    /// port and address.
+    /// The first rows listed and admitted by the filter (at most [`MAX_ROWS_PER_TARGET`], fewer
+    /// when the page's [`MAX_ROWS_PER_PAGE`] runs out), sorted by port and address.
     pub rows: Vec<RowView>,
     /// Rows listed and admitted by the filter beyond `rows`.
     pub more: u64,
@@ -79,14 +80,16 @@ impl PageView {
             shown: Vec::new(),
             left_out: 0,
         };
+        let mut room = MAX_ROWS_PER_PAGE;
         for target in table.values() {
-            let view = TargetView::copy(target, filter);
+            let view = TargetView::copy(target, filter, room.min(MAX_ROWS_PER_TARGET));
+            room -= view.rows.len();
             page.targets += 1;
             page.all.merge(&view.all);
             page.listed.merge(&view.listed);
             page.unexpected += view.unexpected;
             // Under a filter, a target none of whose listed rows match is left out (and counted).
-            if filter.only().is_some() && view.rows.is_empty() {
+            if filter.only().is_some() && view.rows.is_empty() && view.more == 0 {
                 page.left_out += 1;
             } else {
                 page.shown.push(view);
@@ -102,7 +105,8 @@ impl PageView {
 }
 
 impl TargetView {
-    fn copy(target: &TargetRows, filter: &Filter) -> TargetView {
+    /// Copies `target`, listing at most `cap` of its rows.
+    fn copy(target: &TargetRows, filter: &Filter, cap: usize) -> TargetView {
         let info = &target.info;
         let mut view = TargetView {
             info: Arc::clone(info),
@@ -134,7 +138,7 @@ impl TargetView {
             if !filter.admits(state) {
                 continue;
             }
-            if view.rows.len() < MAX_ROWS_PER_TARGET {
+            if view.rows.len() < cap {
                 view.rows.push(RowView {
                     port: key.port,
                     ip: key.ip,
@@ -221,5 +225,36 @@ mod tests {
         assert_eq!(closed.shown[0].info.name, "b");
         assert_eq!(closed.shown[0].rows[0].broken, None, "b expects any state");
         assert_eq!(closed.all, page.all, "counts do not depend on the filter");
+    }
+
+    /// Regression: the page capped rows per target only, so many targets with many listed
+    /// rows each made a page (and a copy under the table's lock) without bound.
+    #[test]
+    fn the_whole_page_lists_a_bounded_number_of_rows() {
+        let table = StateTable::new();
+        let targets = MAX_ROWS_PER_PAGE / MAX_ROWS_PER_TARGET + 3;
+        let config: String = (0..targets)
+            .map(|t| format!("[[targets]]\nname = \"t{t:02}\"\nhost = \"127.0.0.1\"\nports = [\"1-{MAX_ROWS_PER_TARGET}\"]\n"))
+            .collect();
+        table.set_targets(&Config::parse(&config, "test").unwrap().targets);
+        for t in 0..targets {
+            for port in 1..=MAX_ROWS_PER_TARGET as u16 {
+                table.record(
+                    &format!("t{t:02}"),
+                    RowKey { port, ip: V4 },
+                    outcome(State::Open),
+                );
+            }
+        }
+        let page = table.view(|t| PageView::copy(t, &Filter::Only(State::Open)));
+        let listed: usize = page.shown.iter().map(|t| t.rows.len()).sum();
+        let more: u64 = page.shown.iter().map(|t| t.more).sum();
+        assert_eq!(listed, MAX_ROWS_PER_PAGE);
+        assert_eq!(
+            more as usize,
+            targets * MAX_ROWS_PER_TARGET - MAX_ROWS_PER_PAGE
+        );
+        // Targets past the cap are still shown (with their counts and a note), not left out.
+        assert_eq!((page.shown.len(), page.left_out), (targets, 0));
     }
 }
