@@ -2,21 +2,24 @@
 //! port is open, closed or filtered, and whether that is what the operator expects.
 //!
 //! # Layout
-//! Data flows one way: config → scheduler → probe → state table → rendered on scrape.
-//! - [`config`]: the TOML file, parsed strictly and validated into [`config::Config`].
-//! - [`scheduler`]: background rounds per target under a global concurrency cap, paced by
-//!   [`pacer`].
-//! - [`probe`]: one connect attempt and its classification into a state and a reason.
-//! - [`state`]: the state table, the single source of truth.
-//! - [`metrics`]: the table rendered as Prometheus metrics at scrape time ([`exposition`]),
-//!   cached and shared between concurrent scrapes, plus self-metrics; [`parallel`] spreads a
-//!   rendering and its compression over the cores.
-//! - [`http`]: `/metrics`, the [`status`] page at `/`, `/-/healthy`, `/-/ready`, guarded by
-//!   [`web_config`] (TLS, basic auth).
-//! - [`resolve`]: name lookups, deduplicated and bounded.
-//! - [`reload`]: SIGHUP and `POST /-/reload`: validate, then diff the scheduler.
-//! - [`on_demand`]: `/probe?target=host:port` for Prometheus-driven probing, behind an allow list.
-//! - [`logging`], [`limits`]: process set-up for the binary.
+//! Data flows one way: config → schedule → probe → state table → exposition and web. No module
+//! imports one above it in this list (the web layer, at the top, uses them all).
+//!
+//! | module | concern |
+//! |---|---|
+//! | [`domain`] | the shared words: [`domain::State`], [`domain::Reason`], [`domain::Expect`], [`domain::Attempts`] and its budget |
+//! | [`config`] | the TOML file: raw serde structs, validated into [`config::Config`]; ports, durations, the `/probe` allow list |
+//! | [`probe`] | one probe of one address: the [`probe::Probe`] trait, the TCP connect probe, errno classification |
+//! | [`schedule`] | background rounds per target under a global cap, paced; name lookups; sharding |
+//! | [`state`] | the state table, the single source of truth, read through [`state::StateTable::view`] |
+//! | [`telemetry`] | the exporter's own metrics (a registry the lower layers update) |
+//! | [`exposition`] | the one text writer (0.0.4 and OpenMetrics), the table's rendering and its cache |
+//! | [`reload`] | the one config loader of start-up and reloads, and hot reload as a diff |
+//! | [`web`] | the HTTP server: routes, `/probe`, the status page, TLS and basic auth |
+//! | [`logging`], [`limits`] | process set-up for the binary |
+//!
+//! The binary (`src/main.rs`) turns flags into [`Options`] and calls [`run`]; tests start the
+//! same server on port 0 the same way.
 
 #![forbid(unsafe_code)]
 
@@ -95,6 +98,19 @@ pub enum Error {
 }
 
 /// Probes `config`'s targets and serves HTTP on `listener` until `shutdown` is cancelled.
+///
+/// ```no_run
+/// use port_exporter::{Options, config::Config, run};
+/// use tokio_util::sync::CancellationToken;
+///
+/// # async fn serve() -> Result<(), Box<dyn std::error::Error>> {
+/// let config = Config::load(None)?; // the embedded default: localhost's common ports
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:9799").await?;
+/// let shutdown = CancellationToken::new();
+/// run(config, listener, Options::default(), shutdown).await?;
+/// # Ok(())
+/// # }
+/// ```
 pub async fn run(
     config: Config,
     listener: TcpListener,

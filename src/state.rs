@@ -217,6 +217,24 @@ impl StateTable {
     /// what it copied out. Every probe that finishes waits while `copy` runs, so it should
     /// copy what it needs and do the rest (formatting, rendering) after it returns; no guard
     /// leaves this module.
+    ///
+    /// ```
+    /// use std::time::SystemTime;
+    /// use port_exporter::config::Config;
+    /// use port_exporter::domain::{Reason, State};
+    /// use port_exporter::probe::Outcome;
+    /// use port_exporter::state::{RowKey, StateTable};
+    ///
+    /// let config = Config::parse("[[targets]]\nname = \"db\"\nhost = \"127.0.0.1\"\nports = [5432]", "t").unwrap();
+    /// let table = StateTable::new();
+    /// table.set_targets(&config.targets);
+    /// let closed = Outcome { state: State::Closed, reason: Reason::ConnRefused, connect: None, at: SystemTime::now() };
+    /// table.record("db", RowKey { port: 5432, ip: Some("127.0.0.1".parse().unwrap()) }, closed);
+    /// let states: Vec<State> = table.view(|targets| {
+    ///     targets["db"].rows.values().map(|row| row.outcome.state).collect()
+    /// });
+    /// assert_eq!(states, [State::Closed]);
+    /// ```
     pub fn view<R>(&self, copy: impl FnOnce(&BTreeMap<String, TargetRows>) -> R) -> R {
         // A writer cannot leave the table half-updated (each write is one map operation), so a
         // poisoned lock still guards consistent data.

@@ -12,6 +12,13 @@ pub const DURATION_UNITS: [(&str, u64); 5] = [
 ];
 
 /// Parses a Prometheus-style duration: units d, h, m, s, ms in decreasing order, e.g. "1m30s".
+///
+/// ```
+/// use std::time::Duration;
+/// use port_exporter::config::duration::parse_duration;
+/// assert_eq!(parse_duration("1m30s"), Some(Duration::from_secs(90)));
+/// assert_eq!(parse_duration("1.5s"), None); // no fractions, as in Prometheus
+/// ```
 pub fn parse_duration(text: &str) -> Option<Duration> {
     if text.is_empty() {
         return None;
@@ -44,6 +51,13 @@ pub fn parse_duration(text: &str) -> Option<Duration> {
 }
 
 /// Formats a duration the way it is written in the config.
+///
+/// ```
+/// use std::time::Duration;
+/// use port_exporter::config::duration::format_duration;
+/// assert_eq!(format_duration(Duration::from_millis(2500)), "2500ms");
+/// assert_eq!(format_duration(Duration::from_secs(90)), "90s");
+/// ```
 pub fn format_duration(d: Duration) -> String {
     let ms = d.as_millis();
     if ms.is_multiple_of(1000) {

@@ -1,11 +1,11 @@
-//! Configuration: a TOML file parsed strictly into raw structs ([`raw`]), then validated into
+//! Configuration: a TOML file parsed strictly into raw structs (`raw`), then validated into
 //! [`Config`], the type the rest of the program uses.
 //!
 //! Parsing and validation are separate steps so that every rule lives in one place and every
 //! error can point at the file, line and column it is about. Defaults live in one place,
 //! [`Defaults::default`].
 //!
-//! - [`raw`]: the serde structs (`deny_unknown_fields`) and their validation;
+//! - `raw`: the serde structs (`deny_unknown_fields`) and their validation;
 //! - [`ports`]: `ports` and `exclude` as range algebra;
 //! - [`duration`]: Prometheus-style durations;
 //! - [`allow`]: the `/probe` allow list (networks and host name patterns);

@@ -17,6 +17,19 @@ use super::{Outcome, Probe};
 use crate::domain::{Attempts, Close, Reason, State};
 
 /// Probes with a full TCP connect, like `nmap -sT`; needs no privileges.
+///
+/// ```
+/// use std::time::Duration;
+/// use port_exporter::domain::{Attempts, Close, State};
+/// use port_exporter::probe::{Probe, TcpProbe};
+///
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+/// let attempts = Attempts { timeout: Duration::from_secs(1), retries: 1, close: Close::Reset };
+/// let outcome = TcpProbe.probe(listener.local_addr().unwrap(), attempts).await;
+/// assert_eq!(outcome.state, State::Open);
+/// # });
+/// ```
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcpProbe;
 
