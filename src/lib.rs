@@ -73,6 +73,10 @@ pub struct Options {
     pub shard: Option<Shard>,
     /// The most HTTP requests handled at once; beyond, 503 (0: no cap).
     pub max_requests: usize,
+    /// The most HTTP connections open at once; more are closed at once.
+    pub max_connections: usize,
+    /// How long an HTTP connection may make no progress.
+    pub timeouts: web::Timeouts,
 }
 
 impl Default for Options {
@@ -86,6 +90,8 @@ impl Default for Options {
             reload_on_sighup: false,
             shard: None,
             max_requests: 128,
+            max_connections: 512,
+            timeouts: web::Timeouts::default(),
         }
     }
 }
@@ -159,6 +165,8 @@ pub async fn run(
         telemetry_path: options.telemetry_path,
         request_slots: (options.max_requests > 0)
             .then(|| Arc::new(tokio::sync::Semaphore::new(options.max_requests))),
+        max_connections: options.max_connections,
+        timeouts: options.timeouts,
     };
     web::serve(listener, Arc::new(web), shutdown).await;
     tracker.close();

@@ -32,6 +32,15 @@ struct Flags {
     /// Most HTTP requests handled at once; more get 503 (0: no cap).
     #[arg(long = "web.max-requests", default_value_t = Options::default().max_requests)]
     max_requests: usize,
+    /// Most HTTP connections open at once; more are closed at once.
+    #[arg(long = "web.max-connections", default_value_t = Options::default().max_connections)]
+    max_connections: usize,
+    /// A response that makes no progress (its client does not read) for this long is dropped.
+    #[arg(long = "web.write-timeout", default_value = "30s", value_parser = parse_duration_flag)]
+    write_timeout: std::time::Duration,
+    /// A connection that sends no request for this long is closed.
+    #[arg(long = "web.idle-timeout", default_value = "2m", value_parser = parse_duration_flag)]
+    idle_timeout: std::time::Duration,
     /// Path under which to expose metrics.
     #[arg(long = "web.telemetry-path", default_value = "/metrics")]
     telemetry_path: String,
@@ -130,6 +139,11 @@ fn run(flags: Flags) -> anyhow::Result<()> {
             reload_on_sighup: true,
             shard,
             max_requests: flags.max_requests,
+            max_connections: flags.max_connections,
+            timeouts: port_exporter::web::Timeouts {
+                write: flags.write_timeout,
+                idle: flags.idle_timeout,
+            },
         };
         port_exporter::run(config, listener, options, shutdown).await?;
         tracing::info!("port_exporter stopped");
@@ -178,6 +192,16 @@ fn fit_concurrency(wanted: usize) -> usize {
             tracing::warn!(%error, "cannot read or raise the file descriptor limit");
             wanted
         }
+    }
+}
+
+/// A duration flag, written as in the config ("30s", "2m").
+fn parse_duration_flag(text: &str) -> Result<std::time::Duration, String> {
+    match port_exporter::config::duration::parse_duration(text) {
+        Some(d) if !d.is_zero() => Ok(d),
+        _ => Err(format!(
+            "expected a duration greater than zero such as \"30s\" or \"2m\", got {text:?}"
+        )),
     }
 }
 

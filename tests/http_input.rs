@@ -553,3 +553,129 @@ fn max_requests_answers_503_at_once_beyond_the_cap_and_recovers() {
     assert_no_exporter_panics();
     exporter.stop();
 }
+
+/// How many bytes came before the server closed `stream` (EOF or reset), reading whatever it
+/// sent; `None` when it did not close it within `limit`.
+fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<usize> {
+    let deadline = Instant::now() + limit;
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut received = 0;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        stream.set_read_timeout(Some(left)).unwrap();
+        match stream.read(&mut buf) {
+            Ok(0) => return Some(received),
+            Ok(n) => received += n,
+            Err(e) if e.kind() == ErrorKind::ConnectionReset => return Some(received),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// Regression: a client that asked for /metrics and never read kept its connection (and the
+/// rendering its response pinned) for ever; there was no write timeout.
+#[test]
+fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
+    // 20,000 shown ports (about 20 MB of text): far more than the socket buffers hold.
+    let exporter = start(
+        "[[targets]]\nhost = \"127.0.0.1\"\nports = [\"1-20000\"]\nexpect = \"open\"\ninterval = \"1h\"\ntimeout = \"500ms\"\n",
+        Options {
+            timeouts: port_exporter::web::Timeouts {
+                write: Duration::from_secs(2),
+                idle: Duration::from_secs(60),
+            },
+            ..Options::default()
+        },
+    );
+    let addr = exporter.addr;
+    let started = Instant::now();
+    let mut stalled: Vec<TcpStream> = (0..20)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    // Let every response start and stall; meanwhile the server answers everyone else.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_healthy(addr);
+    // Still open before the timeout: the one stalled read drains nothing on purpose.
+    let first = &mut stalled[0];
+    first.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    assert!(
+        matches!(first.peek(&mut byte), Ok(1)),
+        "the response started"
+    );
+    first.set_nonblocking(false).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    // Past the 2 s write timeout (checked every 0.5 s), each connection is gone: reading now
+    // drains what the kernel still held, then finds the end, well short of the whole body.
+    let whole = get(addr, "/metrics").body.len();
+    for (i, stream) in stalled.iter_mut().enumerate() {
+        let received = closed_within(stream, Duration::from_secs(5));
+        assert!(
+            received.is_some_and(|n| n < whole),
+            "stalled connection {i}: {received:?} of {whole} bytes before the end, after {:?}",
+            started.elapsed()
+        );
+    }
+    assert_healthy(addr);
+    assert_no_exporter_panics();
+    exporter.stop();
+}
+
+/// Regression: idle keep-alive connections stayed open for ever, and there was no cap on
+/// connections open at once.
+#[test]
+fn connections_are_capped_and_idle_ones_closed_after_the_idle_timeout() {
+    let exporter = start(
+        "",
+        Options {
+            max_connections: 20,
+            timeouts: port_exporter::web::Timeouts {
+                write: Duration::from_secs(30),
+                idle: Duration::from_secs(3),
+            },
+            ..Options::default()
+        },
+    );
+    let addr = exporter.addr;
+    // 20 idle connections take every place.
+    let mut idle: Vec<TcpStream> = (0..20).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(300));
+    // The next one is closed at once, without an answer.
+    let mut over = TcpStream::connect(addr).unwrap();
+    let _ = over.write_all(b"GET /-/healthy HTTP/1.1\r\nHost: x\r\n\r\n");
+    let mut answer = Vec::new();
+    over.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let read = over.read_to_end(&mut answer);
+    assert!(
+        answer.is_empty()
+            && read.map_or_else(|e| e.kind() == ErrorKind::ConnectionReset, |n| n == 0),
+        "a connection over the cap was served: {:?}",
+        String::from_utf8_lossy(&answer)
+    );
+    // The idle ones are closed after the idle timeout; then new connections are served.
+    let started = Instant::now();
+    for stream in &mut idle {
+        assert_eq!(
+            closed_within(stream, Duration::from_secs(6)),
+            Some(0),
+            "an idle connection stayed open"
+        );
+    }
+    let took = started.elapsed();
+    assert!(
+        took < Duration::from_secs(5),
+        "idle connections closed after {took:?}"
+    );
+    assert_healthy(addr);
+    assert_no_exporter_panics();
+    exporter.stop();
+}

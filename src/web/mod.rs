@@ -1,5 +1,6 @@
 //! The HTTP server: the accept loop, and the bounds and timeouts of each connection.
 //!
+//! - `connection`: the idle and write timeouts of each connection;
 //! - `routes`: the endpoints (`/metrics`, `/`, `/probe`, `/config`, `/-/reload`,
 //!   `/-/healthy`, `/-/ready`) and their handlers;
 //! - `query`: query strings, decoded;
@@ -7,6 +8,7 @@
 //! - [`status`]: the status page at `/`;
 //! - [`security`]: the web config file (TLS, basic auth).
 
+mod connection;
 pub mod probe;
 mod query;
 mod routes;
@@ -32,6 +34,8 @@ use crate::reload::Reloader;
 use crate::schedule::resolve::Resolver;
 use crate::state::StateTable;
 use crate::web::security::WebConfig;
+pub use connection::Timeouts;
+use connection::{Activity, Watched};
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
@@ -58,18 +62,31 @@ pub struct Web<P> {
     pub telemetry_path: String,
     /// The cap on requests handled at once (`--web.max-requests`); `None`: no cap.
     pub request_slots: Option<Arc<Semaphore>>,
+    /// The most connections open at once (`--web.max-connections`); more are closed at once.
+    pub max_connections: usize,
+    /// How long a connection may make no progress.
+    pub timeouts: Timeouts,
 }
 
-/// A response body of one or more buffers, sent without copying them together.
+/// A response body of one or more buffers, sent without copying them together, and what must
+/// live as long as it is being sent (its connection's "sending" mark, its request slot).
 pub struct Body {
     chunks: std::collections::VecDeque<Bytes>,
+    held: Vec<Box<dyn std::any::Any + Send + Sync>>,
 }
 
 impl Body {
     fn from_chunks(chunks: impl IntoIterator<Item = Bytes>) -> Body {
         Body {
             chunks: chunks.into_iter().filter(|c| !c.is_empty()).collect(),
+            held: Vec::new(),
         }
+    }
+
+    /// Keeps `value` until the body is sent or dropped.
+    fn holding(mut self, value: impl std::any::Any + Send + Sync) -> Body {
+        self.held.push(Box::new(value));
+        self
     }
 }
 
@@ -115,8 +132,11 @@ pub async fn serve<P: Probe + Clone>(
     shutdown: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
+    let connections = Arc::new(Semaphore::new(web.max_connections.max(1)));
     // Failed accepts in a row: out of fds, say. Logged once, then once more on recovery.
     let mut failed_accepts: u32 = 0;
+    // Connections closed at once for the cap, since the last one let in.
+    let mut refused: u64 = 0;
     loop {
         let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -142,9 +162,26 @@ pub async fn serve<P: Probe + Clone>(
             tracing::info!(failed_accepts, "accepting connections again");
             failed_accepts = 0;
         }
+        let Ok(connection_slot) = connections.clone().try_acquire_owned() else {
+            if refused == 0 {
+                tracing::warn!(
+                    %peer,
+                    max_connections = web.max_connections,
+                    "too many connections (--web.max-connections); closing new ones at once"
+                );
+            }
+            refused = refused.saturating_add(1);
+            drop(stream);
+            continue;
+        };
+        if refused > 0 {
+            tracing::info!(refused, "accepting connections under the cap again");
+            refused = 0;
+        }
         let web = web.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _connection_slot = connection_slot;
             let tls = web.web_config.as_ref().and_then(|c| c.tls()).cloned();
             let result = match tls {
                 None => serve_connection(stream, web, watcher).await,
@@ -183,6 +220,10 @@ where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     P: Probe + Clone,
 {
+    let activity = Activity::new();
+    let timeouts = web.timeouts;
+    let io = Watched::new(io, activity.clone());
+    let requests = activity.clone();
     let connection = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -193,8 +234,23 @@ where
             TokioIo::new(io),
             service_fn(move |request| {
                 let web = web.clone();
-                async move { Ok::<_, Infallible>(routes::handle(&web, request).await) }
+                let activity = requests.clone();
+                async move {
+                    let handling = activity.handling();
+                    let response = routes::handle(&web, request).await;
+                    // Marked sending before the handler's mark goes: no moment unwatched.
+                    let sending = activity.sending();
+                    drop(handling);
+                    Ok::<_, Infallible>(response.map(|body| body.holding(sending)))
+                }
             }),
         );
-    watcher.watch(connection).await
+    tokio::select! {
+        result = watcher.watch(connection) => result,
+        stalled = connection::watchdog(&activity, timeouts) => {
+            // Dropping the connection closes it and frees the response it was sending.
+            tracing::debug!(?stalled, "connection closed: no progress");
+            Ok(())
+        }
+    }
 }

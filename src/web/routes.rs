@@ -396,6 +396,8 @@ mod tests {
             ready,
             telemetry_path: "/metrics".to_string(),
             request_slots: None,
+            max_connections: 1,
+            timeouts: crate::web::Timeouts::default(),
         }
     }
 
