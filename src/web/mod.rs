@@ -23,7 +23,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
-use crate::exposition::{Metrics, TEXT_CONTENT_TYPE};
+use crate::exposition::{Format, Metrics, TEXT_CONTENT_TYPE};
 use crate::probe::TcpProbe;
 use crate::reload::Reloader;
 use crate::schedule::resolve::Resolver;
@@ -309,12 +309,14 @@ fn refused(refusal: &Refusal) -> Response<Body> {
 
 async fn metrics<B>(web: &Web, request: &Request<B>) -> Response<Body> {
     let gzip = accepts_gzip(request.headers().get(header::ACCEPT_ENCODING));
-    let body = web.metrics.scrape(gzip).await;
+    let accept = request.headers().get(header::ACCEPT);
+    let format = Format::from_accept(accept.and_then(|v| v.to_str().ok()));
+    let body = web.metrics.scrape(format, gzip).await;
     let mut response = Response::new(Body::from_chunks(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(TEXT_CONTENT_TYPE),
+        HeaderValue::from_static(format.content_type()),
     );
     if gzip {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
