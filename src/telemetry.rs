@@ -2,7 +2,8 @@
 //!
 //! They live in a `prometheus` registry, which the scheduler, the resolver and the reloader
 //! update through the handles here; the exposition module writes them out on each scrape.
-//! Nothing here knows how metrics are rendered.
+//! Their names, HELP and labels are the exposition's vocabulary
+//! ([`crate::exposition::text`]); nothing here knows how metrics are rendered.
 
 use std::time::SystemTime;
 
@@ -10,6 +11,11 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::domain::State;
+use crate::exposition::text::{
+    BUILD_INFO, CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP, CONFIG_LAST_RELOAD_SUCCESSFUL,
+    DNS_LOOKUP_FAILURES, DNS_LOOKUPS_IN_FLIGHT, Family, PROBE_START_LATENESS, PROBES,
+    PROBES_IN_FLIGHT, TABLE_RENDERS,
+};
 
 /// Buckets for probe start lateness: scheduling is good to milliseconds, bad past seconds.
 const LATENESS_BUCKETS: [f64; 12] = [
@@ -61,70 +67,47 @@ impl ProbeMetrics {
     }
 }
 
+/// A family's name and HELP as the registry takes them.
+fn opts(family: &Family) -> Opts {
+    Opts::new(family.name, family.help)
+}
+
 impl Telemetry {
     pub fn new() -> Result<Telemetry, prometheus::Error> {
         let registry = Registry::new();
-        let renders = IntCounter::new(
-            "port_exporter_table_renders_total",
-            "Renderings of the state table for scrapes; concurrent scrapes share one.",
-        )?;
+        let renders = IntCounter::with_opts(opts(&TABLE_RENDERS))?;
         registry.register(Box::new(renders.clone()))?;
 
         let build_info = IntGauge::with_opts(
-            Opts::new(
-                "port_exporter_build_info",
-                "A metric with a constant '1' value labeled by the exporter's version and revision.",
-            )
-            .const_label("version", env!("CARGO_PKG_VERSION"))
-            .const_label("revision", env!("PORT_EXPORTER_REVISION")),
+            opts(&BUILD_INFO)
+                .const_label("version", env!("CARGO_PKG_VERSION"))
+                .const_label("revision", env!("PORT_EXPORTER_REVISION")),
         )?;
         build_info.set(1);
         registry.register(Box::new(build_info))?;
 
-        let probes_total = IntCounterVec::new(
-            Opts::new(
-                "port_exporter_probes_total",
-                "Probes finished, by the state they found.",
-            ),
-            &["state"],
-        )?;
+        let probes_total = IntCounterVec::new(opts(&PROBES), PROBES.labels)?;
         let per_state = State::ALL.map(|state| probes_total.with_label_values(&[state.as_str()]));
-        let in_flight = IntGauge::new(
-            "port_exporter_probes_in_flight",
-            "Probes started and not yet finished.",
-        )?;
+        let in_flight = IntGauge::with_opts(opts(&PROBES_IN_FLIGHT))?;
         let start_lateness = Histogram::with_opts(
-            HistogramOpts::new(
-                "port_exporter_probe_start_lateness_seconds",
-                "How late a probe started: its round's delay plus its wait for the concurrency cap (the pacer's spacing is planned, not late).",
-            )
-            .buckets(LATENESS_BUCKETS.to_vec()),
+            HistogramOpts::new(PROBE_START_LATENESS.name, PROBE_START_LATENESS.help)
+                .buckets(LATENESS_BUCKETS.to_vec()),
         )?;
-        let dns_lookup_failures = IntCounter::new(
-            "port_exporter_dns_lookup_failures_total",
-            "DNS lookups of target names that failed or timed out.",
-        )?;
+        let dns_lookup_failures = IntCounter::with_opts(opts(&DNS_LOOKUP_FAILURES))?;
         registry.register(Box::new(probes_total.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;
         registry.register(Box::new(start_lateness.clone()))?;
         registry.register(Box::new(dns_lookup_failures.clone()))?;
-        let dns_lookups_in_flight = IntGauge::new(
-            "port_exporter_dns_lookups_in_flight",
-            "Name lookups (getaddrinfo calls) running or waiting for one of their bounded slots.",
-        )?;
+        let dns_lookups_in_flight = IntGauge::with_opts(opts(&DNS_LOOKUPS_IN_FLIGHT))?;
         registry.register(Box::new(dns_lookups_in_flight.clone()))?;
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         let reloads = ReloadMetrics {
-            last_successful: IntGauge::new(
-                "port_exporter_config_last_reload_successful",
-                "Whether the last config load (start-up or reload) succeeded.",
-            )?,
-            last_success_timestamp: prometheus::Gauge::new(
-                "port_exporter_config_last_reload_success_timestamp_seconds",
-                "Unix time of the last successful config load.",
-            )?,
+            last_successful: IntGauge::with_opts(opts(&CONFIG_LAST_RELOAD_SUCCESSFUL))?,
+            last_success_timestamp: prometheus::Gauge::with_opts(opts(
+                &CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
+            ))?,
         };
         registry.register(Box::new(reloads.last_successful.clone()))?;
         registry.register(Box::new(reloads.last_success_timestamp.clone()))?;
@@ -153,4 +136,97 @@ impl Telemetry {
 pub fn unix_seconds(t: SystemTime) -> f64 {
     t.duration_since(SystemTime::UNIX_EPOCH)
         .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::exposition::text::{Format, Kind, OWN_FAMILIES, finish, write_gathered};
+    use prometheus::proto::MetricType;
+
+    #[test]
+    fn every_own_family_is_registered_as_the_vocabulary_says() {
+        let gathered = Telemetry::new().unwrap().gather();
+        let own: Vec<_> = gathered
+            .iter()
+            .filter(|f| !f.name().starts_with("process_"))
+            .collect();
+        assert_eq!(own.len(), OWN_FAMILIES.len());
+        for family in own {
+            let known = OWN_FAMILIES
+                .iter()
+                .find(|f| f.name == family.name())
+                .unwrap_or_else(|| panic!("{} is not in the vocabulary", family.name()));
+            assert_eq!(family.help(), known.help, "{}", known.name);
+            let registered = match known.kind {
+                Kind::Counter => MetricType::COUNTER,
+                Kind::Gauge | Kind::Info => MetricType::GAUGE,
+                Kind::Histogram => MetricType::HISTOGRAM,
+                Kind::Summary => MetricType::SUMMARY,
+                Kind::Unknown => MetricType::UNTYPED,
+            };
+            assert_eq!(family.get_field_type(), registered, "{}", known.name);
+            for metric in family.get_metric() {
+                let names: Vec<&str> = metric.get_label().iter().map(|l| l.name()).collect();
+                assert_eq!(names, known.labels, "{}", known.name);
+            }
+        }
+    }
+
+    #[test]
+    fn own_metrics_in_both_formats() {
+        let telemetry = Telemetry::new().unwrap();
+        telemetry.probes.count_probe(State::Open);
+        telemetry.probes.start_lateness.observe(0.002);
+        let gathered = telemetry.gather();
+        let write = |format| {
+            let mut out = String::new();
+            write_gathered(&mut out, format, &gathered);
+            finish(&mut out, format);
+            out
+        };
+        // The text format as the `prometheus` crate's encoder, which this replaced, wrote it:
+        // the same lines, but for the bounds now written as floats.
+        let text = write(Format::Text);
+        let mut reference = String::new();
+        prometheus::TextEncoder::new()
+            .encode_utf8(&gathered, &mut reference)
+            .unwrap();
+        let reference = reference
+            .replace("le=\"1\"", "le=\"1.0\"")
+            .replace("le=\"5\"", "le=\"5.0\"");
+        assert_eq!(text, reference);
+        let om = write(Format::OpenMetrics);
+        for line in [
+            "# TYPE port_exporter_table_renders counter",
+            "port_exporter_table_renders_total 0",
+            "# TYPE port_exporter_probes counter",
+            "port_exporter_probes_total{state=\"open\"} 1",
+            "# TYPE port_exporter_build info",
+            "# TYPE process_cpu_seconds counter",
+            "# TYPE port_exporter_probe_start_lateness_seconds histogram",
+            "port_exporter_probe_start_lateness_seconds_bucket{le=\"0.0025\"} 1",
+            "port_exporter_probe_start_lateness_seconds_bucket{le=\"+Inf\"} 1",
+            "port_exporter_probe_start_lateness_seconds_count 1",
+            "# TYPE process_resident_memory_bytes gauge",
+        ] {
+            assert!(om.lines().any(|l| l == line), "missing {line}\n{om}");
+        }
+        let build = om
+            .lines()
+            .find(|l| l.starts_with("port_exporter_build_info{"))
+            .unwrap();
+        assert!(build.ends_with("} 1"), "{build}");
+        assert!(!om.contains("_total counter"), "{om}");
+        assert_eq!(om.lines().last(), Some("# EOF"));
+        assert_eq!(om.matches("# EOF").count(), 1);
+        // The same samples, line for line, in both formats.
+        let samples = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&text));
+    }
 }

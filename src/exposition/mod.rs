@@ -1,27 +1,36 @@
-//! Metrics: the state table rendered at scrape time, plus the exporter's own metrics.
+//! Metrics: the state table rendered at scrape time, plus the exporter's own metrics, in the
+//! format the scraper asked for (the Prometheus text format or OpenMetrics, see
+//! [`Format::from_accept`]).
 //!
-//! The table's series are written from the table on every scrape (see [`crate::exposition`])
-//! instead of being kept in metric vectors: a row removed from the table can never linger as a
-//! stale series. The table's text is cached by the table's generation, and scrapes that arrive
-//! while it is being rendered wait for that render instead of starting their own.
+//! - [`text`]: the one writer of both formats: every family's name, HELP and TYPE, labels,
+//!   numbers, and the exporter's own metrics;
+//! - [`table`]: the state table's samples, written from the table on every scrape instead of
+//!   being kept in metric vectors, so a row removed from the table can never linger as a
+//!   stale series.
+//!
+//! The table's samples are the same in both formats (only the HELP and TYPE lines in front
+//! of each family differ, and those are written once per format), so one rendering, cached
+//! by the table's generation, serves every scrape until the table changes, whatever the
+//! format; scrapes that arrive while it is being rendered wait for that render instead of
+//! starting their own. The exporter's own metrics are written fresh, last; in OpenMetrics
+//! they end with `# EOF`.
 
 use std::io::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
-use prometheus::{Encoder, TextEncoder};
 use rayon::prelude::*;
 
 pub mod table;
+pub mod text;
 
-use crate::exposition::table::{TableText, render_table};
+use crate::exposition::table::{FAMILIES, TableText, render_table, with_headers};
 use crate::state::StateTable;
 use crate::telemetry::Telemetry;
 
-/// The Content-Type of the text exposition format.
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+pub use text::{Format, TEXT_CONTENT_TYPE};
 
 /// Renders `/metrics`: the table's text from its cache, the exporter's own metrics fresh.
 pub struct Metrics {
@@ -46,18 +55,24 @@ impl Metrics {
         }
     }
 
-    /// Every metric in the text format as buffers to send one after the other, gzip members
-    /// when `gzip` (decoders read concatenated members as one stream): the table's part from
-    /// the cache when the table has not changed since, the exporter's own metrics fresh.
-    pub async fn scrape(&self, gzip: bool) -> Vec<Bytes> {
+    /// Every metric in `format` as buffers to send one after the other, gzip members when
+    /// `gzip` (decoders read concatenated members as one stream): the table's part from the
+    /// cache when the table has not changed since, the exporter's own metrics fresh, and in
+    /// OpenMetrics `# EOF` at the very end.
+    pub async fn scrape(&self, format: Format, gzip: bool) -> Vec<Bytes> {
         let table = self.table_text().await;
-        let own = self.own_metrics();
+        let own = self.own_metrics(format);
+        let headers = TableHeaders::of(format);
         let mut body = if gzip {
-            table.gzip().await
+            with_headers(&headers.gzip, table.gzip().await.iter().map(Vec::as_slice))
         } else {
-            table.text.chunks.clone()
+            with_headers(&headers.plain, table.text.families())
         };
-        body.push(Bytes::from(if gzip { gzip_bytes(&own) } else { own }));
+        body.push(if gzip {
+            Bytes::from(gzip_bytes(own.as_bytes()))
+        } else {
+            Bytes::from(own)
+        });
         body
     }
 
@@ -107,13 +122,36 @@ impl Metrics {
         self.cached.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The exporter's own metrics (self-metrics and process metrics) in the text format.
-    fn own_metrics(&self) -> Vec<u8> {
-        let mut out = Vec::new();
-        TextEncoder::new()
-            .encode(&self.telemetry.gather(), &mut out)
-            .expect("encoding to a Vec cannot fail: every family is built with a type and help");
+    /// The exporter's own metrics (self-metrics and process metrics) in `format`, with the
+    /// end of the exposition.
+    fn own_metrics(&self, format: Format) -> String {
+        let mut out = String::new();
+        text::write_gathered(&mut out, format, &self.telemetry.gather());
+        text::finish(&mut out, format);
         out
+    }
+}
+
+/// The table families' HELP and TYPE lines in one format, plain and as gzip members: the
+/// same for every rendering, so written once.
+struct TableHeaders {
+    plain: Vec<Bytes>,
+    gzip: Vec<Bytes>,
+}
+
+impl TableHeaders {
+    fn of(format: Format) -> &'static TableHeaders {
+        static TEXT: OnceLock<TableHeaders> = OnceLock::new();
+        static OPENMETRICS: OnceLock<TableHeaders> = OnceLock::new();
+        let headers = match format {
+            Format::Text => &TEXT,
+            Format::OpenMetrics => &OPENMETRICS,
+        };
+        headers.get_or_init(|| {
+            let plain = table::headers(format);
+            let gzip = plain.iter().map(|h| Bytes::from(gzip_bytes(h))).collect();
+            TableHeaders { plain, gzip }
+        })
     }
 }
 
@@ -121,7 +159,8 @@ impl Metrics {
 struct RenderedTable {
     generation: u64,
     text: TableText,
-    gzip: tokio::sync::OnceCell<Vec<Bytes>>,
+    /// Per family of [`FAMILIES`], its samples as gzip members.
+    gzip: tokio::sync::OnceCell<Vec<Vec<Bytes>>>,
 }
 
 /// Text is compressed in pieces of at most this size, one gzip member each, so that all
@@ -129,31 +168,37 @@ struct RenderedTable {
 const GZIP_PIECE: usize = 4 << 20;
 
 impl RenderedTable {
-    async fn gzip(self: &Arc<Self>) -> Vec<Bytes> {
+    async fn gzip(self: &Arc<Self>) -> &[Vec<Bytes>] {
         let this = self.clone();
         self.gzip
             .get_or_init(|| async move {
                 tokio::task::spawn_blocking(move || {
-                    let pieces: Vec<Bytes> = this
+                    let pieces: Vec<(usize, Bytes)> = this
                         .text
-                        .chunks
-                        .iter()
-                        .flat_map(|chunk| {
-                            (0..chunk.len())
-                                .step_by(GZIP_PIECE)
-                                .map(|at| chunk.slice(at..chunk.len().min(at + GZIP_PIECE)))
+                        .families()
+                        .enumerate()
+                        .flat_map(|(family, chunks)| {
+                            chunks.iter().flat_map(move |chunk| {
+                                (0..chunk.len()).step_by(GZIP_PIECE).map(move |at| {
+                                    (family, chunk.slice(at..chunk.len().min(at + GZIP_PIECE)))
+                                })
+                            })
                         })
                         .collect();
-                    pieces
+                    let members: Vec<(usize, Bytes)> = pieces
                         .into_par_iter()
-                        .map(|piece| Bytes::from(gzip_bytes(&piece)))
-                        .collect()
+                        .map(|(family, piece)| (family, Bytes::from(gzip_bytes(&piece))))
+                        .collect();
+                    let mut families = vec![Vec::new(); FAMILIES.len()];
+                    for (family, member) in members {
+                        families[family].push(member);
+                    }
+                    families
                 })
                 .await
                 .expect("compressing does not panic")
             })
             .await
-            .clone()
     }
 }
 
@@ -177,8 +222,8 @@ mod tests {
     use crate::state::RowKey;
     use std::time::SystemTime;
 
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn concurrent_scrapes_share_one_rendering() {
+    /// A table of one target, 127.0.0.1 ports 1-2000 expected open.
+    fn range_table() -> Arc<StateTable> {
         let config = Config::parse(
             "[[targets]]\nhost = \"127.0.0.1\"\nports = [\"1-2000\"]\nexpect = \"open\"",
             "t",
@@ -186,24 +231,33 @@ mod tests {
         .unwrap();
         let table = Arc::new(StateTable::new());
         table.set_targets(&config.targets);
-        let record = |state| {
-            for port in 1..=2000 {
-                let outcome = Outcome {
-                    state,
-                    reason: Reason::Unknown,
-                    connect: None,
-                    at: SystemTime::now(),
-                };
-                table.record(
-                    "127.0.0.1",
-                    RowKey {
-                        port,
-                        ip: Some("127.0.0.1".parse().unwrap()),
-                    },
-                    outcome,
-                );
-            }
-        };
+        table
+    }
+
+    /// Records `state` for every port of [`range_table`]'s target.
+    fn record_all(table: &StateTable, state: State) {
+        for port in 1..=2000 {
+            let outcome = Outcome {
+                state,
+                reason: Reason::Unknown,
+                connect: None,
+                at: SystemTime::now(),
+            };
+            table.record(
+                "127.0.0.1",
+                RowKey {
+                    port,
+                    ip: Some("127.0.0.1".parse().unwrap()),
+                },
+                outcome,
+            );
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_scrapes_share_one_rendering() {
+        let table = range_table();
+        let record = |state| record_all(&table, state);
         record(State::Closed);
         let telemetry = Arc::new(Telemetry::new().unwrap());
         let metrics = Arc::new(Metrics::new(table.clone(), telemetry.clone()));
@@ -211,7 +265,7 @@ mod tests {
             let scrapes: Vec<_> = (0..8)
                 .map(|_| {
                     let metrics = metrics.clone();
-                    tokio::spawn(async move { metrics.scrape(gzip).await })
+                    tokio::spawn(async move { metrics.scrape(Format::Text, gzip).await })
                 })
                 .collect();
             async move {
@@ -254,5 +308,57 @@ mod tests {
         )
         .unwrap();
         assert_eq!(text.matches("state=\"open\"} 1").count(), 2000);
+    }
+
+    fn gunzip(members: &[Bytes]) -> String {
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut flate2::read::MultiGzDecoder::new(&members.concat()[..]),
+            &mut text,
+        )
+        .unwrap();
+        text
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn both_formats_share_one_rendering_and_openmetrics_ends_with_eof() {
+        let table = range_table();
+        record_all(&table, State::Closed);
+        let telemetry = Arc::new(Telemetry::new().unwrap());
+        let metrics = Metrics::new(table, telemetry.clone());
+        let text = metrics.scrape(Format::Text, false).await;
+        let om = metrics.scrape(Format::OpenMetrics, false).await;
+        let om_gzip = metrics.scrape(Format::OpenMetrics, true).await;
+        let text_gzip = metrics.scrape(Format::Text, true).await;
+        assert_eq!(telemetry.renders.get(), 1, "one rendering for both formats");
+        // The body's parts: the table's, then the exporter's own metrics.
+        let table_part = |body: &[Bytes]| body[..body.len() - 1].to_vec();
+        let om_table = String::from_utf8(table_part(&om).concat()).unwrap();
+        let text_table = String::from_utf8(table_part(&text).concat()).unwrap();
+        assert_eq!(gunzip(&table_part(&om_gzip)), om_table);
+        assert_eq!(gunzip(&table_part(&text_gzip)), text_table);
+        let samples = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&om_table), samples(&text_table));
+        // Per row: four port_state, reason, unexpected, changes, last change, last probe;
+        // and the four counts of port_target_ports.
+        assert_eq!(samples(&om_table).len(), 2000 * 9 + 4);
+        assert!(om_table.contains("\n# TYPE port_state_changes counter\n"));
+        assert!(text_table.contains("\n# TYPE port_state_changes_total counter\n"));
+        // `# EOF` ends the exposition, after the exporter's own metrics, plain or gzipped.
+        for whole in [String::from_utf8(om.concat()).unwrap(), gunzip(&om_gzip)] {
+            assert!(
+                whole.ends_with("\n# EOF\n"),
+                "{}",
+                &whole[whole.len() - 200..]
+            );
+            assert_eq!(whole.matches("# EOF").count(), 1);
+            assert!(whole.contains("\n# TYPE port_exporter_build info\n"));
+        }
+        assert!(!String::from_utf8(text.concat()).unwrap().contains("# EOF"));
     }
 }

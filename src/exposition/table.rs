@@ -1,12 +1,21 @@
-//! The state table written as the Prometheus text format, straight from the table.
+//! The state table's samples, written straight from the table.
 //!
 //! A table of 100k (target, port) rows makes about a million samples. Building them as
 //! protobuf `MetricFamily` values (what a `prometheus` `Collector` returns) and encoding those
 //! took over 4 s and most of a gigabyte; writing the text directly takes a small fraction of
-//! that. The table's read lock is held only while each row's label fragment is formatted and
-//! the row copied; the text is written after the lock is released, so probes finishing
-//! during a scrape are not held up. Both steps run on every core, each on its share of the
-//! targets, and reuse the memory of the previous rendering.
+//! that: in release mode, about 20 ms for 100k rows on two cores (36 ms on one) reusing the
+//! last rendering's memory, 120-140 ms for the first rendering, which allocates it (measured
+//! by `cargo test --release --lib render_timing -- --ignored --nocapture`). The table's
+//! read lock is held only while each row's label fragment is formatted and the row copied;
+//! the text is written after the lock is released, so probes finishing during a scrape are
+//! not held up. Both steps run on every core, each on its share of the targets, and reuse
+//! the memory of the previous rendering.
+//!
+//! The samples read the same in the text format and in OpenMetrics; only the families' HELP
+//! and TYPE lines differ (a counter's family name, their order), so they are not part of the
+//! rendering: [`headers`] writes them per format and [`with_headers`] puts them in front of
+//! each family's samples, and one rendering serves scrapes of both formats. Labels, numbers
+//! and the families themselves come from [`super::text`], the writer `/probe` uses too.
 
 use std::fmt::Write as _;
 use std::net::IpAddr;
@@ -17,61 +26,24 @@ use bytes::{Bytes, BytesMut};
 use rayon::prelude::*;
 
 use crate::domain::State;
+use crate::exposition::text::{
+    self, Family, Format, Numbers, STATE_SUFFIXES, push_label, push_line,
+};
 use crate::state::{Row, StateTable, TargetRows};
 use crate::telemetry::unix_seconds;
 
-/// One metric family of the table: name, help, type.
-struct Family {
-    name: &'static str,
-    help: &'static str,
-    kind: &'static str,
-}
-
-const PORT_STATE: Family = Family {
-    name: "port_state",
-    help: "Port state as a state set: 1 for the current state (open, closed, filtered, error), 0 for the others.",
-    kind: "gauge",
-};
-const PORT_STATE_REASON: Family = Family {
-    name: "port_state_reason",
-    help: "The reason behind the current port state, in nmap's words (syn-ack, conn-refused, no-response, ...).",
-    kind: "gauge",
-};
-const CONNECT_DURATION: Family = Family {
-    name: "port_connect_duration_seconds",
-    help: "Time from connect() to the answer (SYN-ACK, RST or ICMP) on the last probe; absent when nothing answered.",
-    kind: "gauge",
-};
-const DNS_LOOKUP_DURATION: Family = Family {
-    name: "port_dns_lookup_duration_seconds",
-    help: "Duration of the last DNS lookup of the target's host.",
-    kind: "gauge",
-};
-const UNEXPECTED: Family = Family {
-    name: "port_state_unexpected",
-    help: "1 when the port state breaks the target's expectation, else 0; absent when any state is expected.",
-    kind: "gauge",
-};
-const CHANGES: Family = Family {
-    name: "port_state_changes_total",
-    help: "Port state changes seen since the series appeared.",
-    kind: "counter",
-};
-const LAST_CHANGE: Family = Family {
-    name: "port_state_last_change_timestamp_seconds",
-    help: "Unix time of the last port state change (or of the first probe).",
-    kind: "gauge",
-};
-const LAST_PROBE: Family = Family {
-    name: "port_last_probe_timestamp_seconds",
-    help: "Unix time the last probe of the port finished.",
-    kind: "gauge",
-};
-const TARGET_PORTS: Family = Family {
-    name: "port_target_ports",
-    help: "Ports of the target per address and state, counting range ports that have no series of their own.",
-    kind: "gauge",
-};
+/// The table's families, in the order they are written (that of `Section`).
+pub const FAMILIES: [&Family; 9] = [
+    &text::PORT_STATE,
+    &text::PORT_STATE_REASON,
+    &text::PORT_CONNECT_DURATION,
+    &text::PORT_DNS_LOOKUP_DURATION,
+    &text::PORT_STATE_UNEXPECTED,
+    &text::PORT_STATE_CHANGES,
+    &text::PORT_STATE_LAST_CHANGE,
+    &text::PORT_LAST_PROBE,
+    &text::PORT_TARGET_PORTS,
+];
 
 /// The sections of the table's text, one family each.
 #[derive(Clone, Copy)]
@@ -102,17 +74,7 @@ impl Section {
     ];
 
     fn family(self) -> &'static Family {
-        match self {
-            Section::State => &PORT_STATE,
-            Section::Reason => &PORT_STATE_REASON,
-            Section::Connect => &CONNECT_DURATION,
-            Section::DnsLookup => &DNS_LOOKUP_DURATION,
-            Section::Unexpected => &UNEXPECTED,
-            Section::Changes => &CHANGES,
-            Section::LastChange => &LAST_CHANGE,
-            Section::LastProbe => &LAST_PROBE,
-            Section::TargetPorts => &TARGET_PORTS,
-        }
+        FAMILIES[self as usize]
     }
 }
 
@@ -121,21 +83,31 @@ impl Section {
 /// mostly hidden range rows has little text to share anyway.)
 const MIN_ROWS_PER_WORKER: usize = 10_000;
 
-/// A rendering of the table: the text as chunks to send in order, the whole buffers the
-/// chunks are slices of, and the copies of the table it was written from. Both are kept so
-/// that the next rendering can reuse the memory: a fresh 100 MB buffer costs more in page
-/// faults than the writing itself, and memory freed by the worker threads would mostly stay
-/// with the allocator anyway.
+/// A rendering of the table: the samples as chunks to send in order, family by family, the
+/// whole buffers the chunks are slices of, and the copies of the table it was written from.
+/// Both are kept so that the next rendering can reuse the memory: a fresh 100 MB buffer costs
+/// more in page faults than the writing itself, and memory freed by the worker threads would
+/// mostly stay with the allocator anyway.
 pub struct TableText {
-    pub chunks: Vec<Bytes>,
+    chunks: Vec<Bytes>,
+    /// Per family of [`FAMILIES`], the range of `chunks` that holds its samples.
+    families: [Range<usize>; FAMILIES.len()],
     buffers: Vec<Bytes>,
     snapshots: Vec<Snapshot>,
 }
 
 impl TableText {
-    /// Length of the text in bytes.
+    /// Length of the samples' text in bytes.
     pub(crate) fn len(&self) -> usize {
         self.chunks.iter().map(Bytes::len).sum()
+    }
+
+    /// The chunks of each family's samples, in [`FAMILIES`] order: none for a family
+    /// without samples.
+    pub fn families(&self) -> impl Iterator<Item = &[Bytes]> {
+        self.families
+            .iter()
+            .map(|range| &self.chunks[range.clone()])
     }
 
     /// The memory for the next rendering: the snapshots, and the buffers no one else holds
@@ -215,36 +187,66 @@ pub fn render_table(
             .collect()
     });
     let workers = parts.len();
-    let present = Section::ALL.map(|section| parts.iter().any(|p| p.snapshot.has_samples(section)));
     let capacity = (capacity_hint + capacity_hint / 8) / workers;
     let written: Vec<_> = parts
         .into_par_iter()
-        .enumerate()
-        .map(|(index, mut part)| {
+        .map(|mut part| {
             part.out.clear();
             part.out.reserve(capacity);
-            let offsets = part.write(index == 0, &present);
+            let offsets = part.write();
             (part.out.freeze(), part.snapshot, offsets)
         })
         .collect();
     let mut chunks = Vec::with_capacity(Section::ALL.len() * workers);
-    for section in 0..Section::ALL.len() {
+    let families = std::array::from_fn(|section| {
+        let start = chunks.len();
         for (buffer, _, offsets) in &written {
             let range = offsets[section]..offsets[section + 1];
             if !range.is_empty() {
                 chunks.push(buffer.slice(range));
             }
         }
-    }
+        start..chunks.len()
+    });
     let (buffers, snapshots) = written
         .into_iter()
         .map(|(buffer, snapshot, _)| (buffer, snapshot))
         .unzip();
     TableText {
         chunks,
+        families,
         buffers,
         snapshots,
     }
+}
+
+/// The HELP and TYPE lines of each of [`FAMILIES`] in `format`, in that order.
+pub fn headers(format: Format) -> Vec<Bytes> {
+    FAMILIES
+        .iter()
+        .map(|family| {
+            let mut out = BytesMut::new();
+            family.write_header(&mut out, format);
+            out.freeze()
+        })
+        .collect()
+}
+
+/// The body of the table's part of a scrape: each family's header in front of its parts,
+/// both given per family in [`FAMILIES`] order (the samples of [`TableText::families`], or
+/// their gzip members); a family without parts gets no header either.
+pub fn with_headers<'a>(
+    headers: &[Bytes],
+    parts: impl IntoIterator<Item = &'a [Bytes]>,
+) -> Vec<Bytes> {
+    let mut body = Vec::new();
+    for (header, parts) in headers.iter().zip(parts) {
+        if !parts.is_empty() {
+            body.push(header.clone());
+            body.extend(parts.iter().cloned());
+        }
+    }
+    body
 }
 
 /// `count` contiguous shares of `targets` (at least one), with about equally many rows each.
@@ -264,33 +266,19 @@ fn shares_by_rows<'a>(
 }
 
 impl Scratch {
-    /// Writes every section for this share, with the families' HELP and TYPE when `first`;
-    /// returns where each section starts in `out` (and, last, where the text ends).
-    fn write(
-        &mut self,
-        first: bool,
-        present: &[bool; Section::ALL.len()],
-    ) -> [usize; Section::ALL.len() + 1] {
+    /// Writes every section's samples for this share; returns where each section starts in
+    /// `out` (and, last, where the text ends).
+    fn write(&mut self) -> [usize; Section::ALL.len() + 1] {
         let mut offsets = [0; Section::ALL.len() + 1];
-        let mut ints = itoa::Buffer::new();
-        let mut floats = ryu::Buffer::new();
+        let mut numbers = Numbers::default();
         let Snapshot {
             arena,
             targets,
             rows,
         } = &self.snapshot;
         let out = &mut self.out;
-        // One line: `name{labels` + `suffix` (the closing `,label="..."} ` part) + value.
-        let line = |out: &mut BytesMut, name: &str, labels: &str, suffix: &str, value: &str| {
-            for part in [name, labels, suffix, value, "\n"] {
-                out.extend_from_slice(part.as_bytes());
-            }
-        };
         for (i, section) in Section::ALL.into_iter().enumerate() {
             offsets[i] = out.len();
-            if first && present[i] {
-                header(out, section.family());
-            }
             let name = section.family().name;
             match section {
                 Section::State => {
@@ -298,7 +286,7 @@ impl Scratch {
                         for s in State::ALL {
                             let value = if s == r.row.outcome.state { "1" } else { "0" };
                             let suffix = STATE_SUFFIXES[s as usize];
-                            line(out, name, &arena[r.labels.clone()], suffix, value);
+                            push_line(out, name, &arena[r.labels.clone()], suffix, value);
                         }
                     }
                 }
@@ -314,16 +302,16 @@ impl Scratch {
                 Section::Connect => {
                     for r in rows {
                         if let Some(took) = r.row.outcome.connect {
-                            let value = floats.format(took.as_secs_f64());
-                            line(out, name, &arena[r.labels.clone()], "} ", value);
+                            let value = numbers.float(took.as_secs_f64());
+                            push_line(out, name, &arena[r.labels.clone()], "} ", value);
                         }
                     }
                 }
                 Section::DnsLookup => {
                     for target in targets {
                         if let Some(took) = target.dns_lookup {
-                            let value = floats.format(took.as_secs_f64());
-                            line(out, name, &arena[target.labels.clone()], "} ", value);
+                            let value = numbers.float(took.as_secs_f64());
+                            push_line(out, name, &arena[target.labels.clone()], "} ", value);
                         }
                     }
                 }
@@ -331,26 +319,26 @@ impl Scratch {
                     for r in rows {
                         if let Some(broken) = r.unexpected {
                             let value = if broken { "1" } else { "0" };
-                            line(out, name, &arena[r.labels.clone()], "} ", value);
+                            push_line(out, name, &arena[r.labels.clone()], "} ", value);
                         }
                     }
                 }
                 Section::Changes => {
                     for r in rows {
-                        let value = ints.format(r.row.changes);
-                        line(out, name, &arena[r.labels.clone()], "} ", value);
+                        let value = numbers.int(r.row.changes);
+                        push_line(out, name, &arena[r.labels.clone()], "} ", value);
                     }
                 }
                 Section::LastChange => {
                     for r in rows {
-                        let value = floats.format(unix_seconds(r.row.last_change));
-                        line(out, name, &arena[r.labels.clone()], "} ", value);
+                        let value = numbers.float(unix_seconds(r.row.last_change));
+                        push_line(out, name, &arena[r.labels.clone()], "} ", value);
                     }
                 }
                 Section::LastProbe => {
                     for r in rows {
-                        let value = floats.format(unix_seconds(r.row.outcome.at));
-                        line(out, name, &arena[r.labels.clone()], "} ", value);
+                        let value = numbers.float(unix_seconds(r.row.outcome.at));
+                        push_line(out, name, &arena[r.labels.clone()], "} ", value);
                     }
                 }
                 Section::TargetPorts => {
@@ -363,9 +351,9 @@ impl Scratch {
                             }
                             labels.push('"');
                             for s in State::ALL {
-                                let value = ints.format(per_state[s as usize]);
+                                let value = numbers.int(per_state[s as usize]);
                                 let suffix = STATE_SUFFIXES[s as usize];
-                                line(out, name, &labels, suffix, value);
+                                push_line(out, name, &labels, suffix, value);
                             }
                         }
                     }
@@ -376,49 +364,6 @@ impl Scratch {
         offsets
     }
 }
-
-impl Snapshot {
-    /// Whether `section` has any sample: a family without samples gets no HELP and TYPE.
-    fn has_samples(&self, section: Section) -> bool {
-        match section {
-            Section::Connect => self.rows.iter().any(|r| r.row.outcome.connect.is_some()),
-            Section::DnsLookup => self.targets.iter().any(|t| t.dns_lookup.is_some()),
-            Section::Unexpected => self.rows.iter().any(|r| r.unexpected.is_some()),
-            Section::TargetPorts => self.targets.iter().any(|t| !t.counts.is_empty()),
-            Section::State
-            | Section::Reason
-            | Section::Changes
-            | Section::LastChange
-            | Section::LastProbe => !self.rows.is_empty(),
-        }
-    }
-}
-
-/// Writes a family's HELP and TYPE lines.
-fn header(out: &mut BytesMut, family: &Family) {
-    let (name, help, kind) = (family.name, family.help, family.kind);
-    for part in [
-        "# HELP ",
-        name,
-        " ",
-        help,
-        "\n# TYPE ",
-        name,
-        " ",
-        kind,
-        "\n",
-    ] {
-        out.extend_from_slice(part.as_bytes());
-    }
-}
-
-/// `,state="..."} ` per state, in `State::ALL` order.
-const STATE_SUFFIXES: [&str; 4] = [
-    ",state=\"open\"} ",
-    ",state=\"closed\"} ",
-    ",state=\"filtered\"} ",
-    ",state=\"error\"} ",
-];
 
 impl Snapshot {
     /// Copies what the text needs out of `share`, under the table's read lock, into the
@@ -493,21 +438,6 @@ impl Snapshot {
     }
 }
 
-/// Appends `name="value"` with the value escaped as the text format requires.
-pub(crate) fn push_label(out: &mut String, name: &str, value: &str) {
-    out.push_str(name);
-    out.push_str("=\"");
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -538,8 +468,9 @@ mod tests {
             ip: Some("127.0.0.1".parse().unwrap()),
         };
         table.record(&config.targets[0].name, key, outcome);
-        let text =
-            String::from_utf8(render_table(&table, 1, Vec::new(), 0).chunks.concat()).unwrap();
+        let rendered = render_table(&table, 1, Vec::new(), 0);
+        let body = with_headers(&headers(Format::Text), rendered.families());
+        let text = String::from_utf8(body.concat()).unwrap();
         let labels = r#"target="we\"ird\\",host="127.0.0.1",note="a\nb",port="7",ip="127.0.0.1""#;
         for line in [
             format!("port_state{{{labels},state=\"closed\"}} 1"),
@@ -556,6 +487,47 @@ mod tests {
         // No DNS lookup (an IP literal) and no expectation: those families are absent.
         assert!(!text.contains("port_dns_lookup_duration_seconds"));
         assert!(!text.contains("port_state_unexpected"));
+    }
+
+    #[test]
+    fn one_rendering_reads_in_both_formats_with_their_own_headers() {
+        let table = table_of(3);
+        let rendered = render_table(&table, 1, Vec::new(), 0);
+        let body = |format| {
+            let body = with_headers(&headers(format), rendered.families());
+            String::from_utf8(body.concat()).unwrap()
+        };
+        let (text, om) = (body(Format::Text), body(Format::OpenMetrics));
+        let samples = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| !l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        assert_eq!(samples(&om), samples(&text));
+        assert!(samples(&text).len() > 300);
+        let comments = |text: &str| -> Vec<String> {
+            text.lines()
+                .filter(|l| l.starts_with('#'))
+                .map(String::from)
+                .collect()
+        };
+        let help = text::PORT_STATE_CHANGES.help;
+        assert_eq!(
+            comments(&text)[8..10],
+            [
+                format!("# HELP port_state_changes_total {help}"),
+                "# TYPE port_state_changes_total counter".to_string()
+            ]
+        );
+        assert_eq!(
+            comments(&om)[8..10],
+            [
+                "# TYPE port_state_changes counter".to_string(),
+                format!("# HELP port_state_changes {help}"),
+            ]
+        );
+        assert!(om.starts_with("# TYPE port_state gauge\n# HELP port_state "));
     }
 
     /// A table of `targets` x 100 listed ports on 127.0.0.x and ::1, every row probed.
@@ -597,6 +569,35 @@ mod tests {
             }
         }
         table
+    }
+
+    /// The figure behind the module doc's "a small fraction": 100k rows rendered on every core,
+    /// reusing the memory of the last rendering as scrapes do. A measurement, so it is ignored
+    /// by default; it fails only on a gross regression.
+    #[test]
+    #[ignore = "timing: cargo test --release --lib render_timing -- --ignored --nocapture"]
+    fn render_timing_of_100k_rows() {
+        let table = table_of(1000);
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let (mut scratch, mut capacity) = (Vec::new(), 0);
+        let mut took = Vec::new();
+        for _ in 0..15 {
+            let started = std::time::Instant::now();
+            let text = render_table(&table, workers, scratch, capacity);
+            took.push(started.elapsed());
+            capacity = text.len();
+            scratch = text.into_scratch();
+        }
+        // The first rendering allocates; the others reuse its memory.
+        let first = took.remove(0);
+        took.sort();
+        let median = took[took.len() / 2];
+        println!(
+            "render of 100k rows on {workers} workers: first {first:?}, then min {:?} median {median:?} max {:?} ({capacity} bytes)",
+            took[0],
+            took[took.len() - 1]
+        );
+        assert!(median < Duration::from_secs(1), "median {median:?}");
     }
 
     #[test]

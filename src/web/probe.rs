@@ -18,7 +18,10 @@ use crate::config::Config;
 use crate::config::host::valid_host_name;
 use crate::domain::Expect;
 use crate::domain::{Attempts, State};
-use crate::exposition::table::push_label;
+use crate::exposition::text::{
+    Format, Numbers, PORT_CONNECT_DURATION, PORT_STATE, PORT_STATE_REASON, PROBE_DNS_LOOKUP_TIME,
+    PROBE_DURATION, PROBE_SUCCESS, STATE_SUFFIXES, push_label, push_line,
+};
 use crate::probe::{Outcome, Probe};
 use crate::schedule::resolve::Resolver;
 
@@ -244,9 +247,11 @@ impl ProbeReport {
     }
 
     /// The probe as metrics in the text format: the `port_state` family of this probe,
-    /// `probe_success` and `probe_duration_seconds`, as blackbox_exporter answers. Written
+    /// `probe_success` and `probe_duration_seconds`, as blackbox_exporter answers, with the
+    /// HELP, TYPE and number formatting of `/metrics` ([`crate::exposition::text`]). Written
     /// directly: a registry per request would cost more than the probe.
     pub fn render(&self) -> Vec<u8> {
+        let format = Format::Text;
         let mut state_sets: Vec<(String, Outcome)> = self
             .outcomes
             .iter()
@@ -257,84 +262,53 @@ impl ProbeReport {
             let at = std::time::SystemTime::now();
             state_sets.push((String::new(), Outcome::dns_failure(at)));
         }
-        let labels: Vec<String> = state_sets
-            .iter()
-            .map(|(ip, _)| {
+        let mut numbers = Numbers::default();
+        let series: Vec<(String, Outcome)> = state_sets
+            .into_iter()
+            .map(|(ip, outcome)| {
                 let mut labels = String::from("{");
                 push_label(&mut labels, "host", &self.request.host);
-                labels.push_str(&format!(",port=\"{}\",", self.request.port));
-                push_label(&mut labels, "ip", ip);
-                labels
+                labels.push(',');
+                push_label(&mut labels, "port", numbers.int(self.request.port));
+                labels.push(',');
+                push_label(&mut labels, "ip", &ip);
+                (labels, outcome)
             })
             .collect();
         let mut out = String::with_capacity(1024);
-        let header = |out: &mut String, name: &str, help: &str| {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} gauge\n"));
-        };
-        header(
-            &mut out,
-            "port_state",
-            "Port state as a state set: 1 for the current state.",
-        );
-        for (labels, (_, outcome)) in labels.iter().zip(&state_sets) {
+        PORT_STATE.write_header(&mut out, format);
+        for (labels, outcome) in &series {
             for s in State::ALL {
-                let value = u8::from(s == outcome.state);
-                out.push_str(&format!(
-                    "port_state{labels},state=\"{}\"}} {value}\n",
-                    s.as_str()
-                ));
+                let value = if s == outcome.state { "1" } else { "0" };
+                let suffix = STATE_SUFFIXES[s as usize];
+                push_line(&mut out, PORT_STATE.name, labels, suffix, value);
             }
         }
-        header(
-            &mut out,
-            "port_state_reason",
-            "The reason behind the current port state.",
-        );
-        for (labels, (_, outcome)) in labels.iter().zip(&state_sets) {
-            let reason = outcome.reason.as_str();
-            out.push_str(&format!(
-                "port_state_reason{labels},reason=\"{reason}\"}} 1\n"
-            ));
+        PORT_STATE_REASON.write_header(&mut out, format);
+        for (labels, outcome) in &series {
+            let reason = format!(",reason=\"{}\"}} ", outcome.reason.as_str());
+            push_line(&mut out, PORT_STATE_REASON.name, labels, &reason, "1");
         }
-        if state_sets.iter().any(|(_, o)| o.connect.is_some()) {
-            header(
-                &mut out,
-                "port_connect_duration_seconds",
-                "Time from connect() to the answer; absent when nothing answered.",
-            );
-            for (labels, (_, outcome)) in labels.iter().zip(&state_sets) {
+        if series.iter().any(|(_, o)| o.connect.is_some()) {
+            PORT_CONNECT_DURATION.write_header(&mut out, format);
+            for (labels, outcome) in &series {
                 if let Some(took) = outcome.connect {
-                    let took = took.as_secs_f64();
-                    out.push_str(&format!("port_connect_duration_seconds{labels}}} {took}\n"));
+                    let took = numbers.float(took.as_secs_f64());
+                    push_line(&mut out, PORT_CONNECT_DURATION.name, labels, "} ", took);
                 }
             }
         }
         if let Some(took) = self.dns_lookup {
-            header(
-                &mut out,
-                "probe_dns_lookup_time_seconds",
-                "How long the DNS lookup took.",
-            );
-            out.push_str(&format!(
-                "probe_dns_lookup_time_seconds {}\n",
-                took.as_secs_f64()
-            ));
+            PROBE_DNS_LOOKUP_TIME.write_header(&mut out, format);
+            let took = numbers.float(took.as_secs_f64());
+            push_line(&mut out, PROBE_DNS_LOOKUP_TIME.name, "", " ", took);
         }
-        header(
-            &mut out,
-            "probe_duration_seconds",
-            "How long the probe took, lookup included.",
-        );
-        out.push_str(&format!(
-            "probe_duration_seconds {}\n",
-            self.took.as_secs_f64()
-        ));
-        header(
-            &mut out,
-            "probe_success",
-            "Whether the probe met its expectation.",
-        );
-        out.push_str(&format!("probe_success {}\n", u8::from(self.success())));
+        PROBE_DURATION.write_header(&mut out, format);
+        let took = numbers.float(self.took.as_secs_f64());
+        push_line(&mut out, PROBE_DURATION.name, "", " ", took);
+        PROBE_SUCCESS.write_header(&mut out, format);
+        let success = if self.success() { "1" } else { "0" };
+        push_line(&mut out, PROBE_SUCCESS.name, "", " ", success);
         out.into_bytes()
     }
 
@@ -407,5 +381,94 @@ mod tests {
             parse(&[("target", "h:1"), ("expect", "up")]),
             Err(Refusal::BadRequest(_))
         ));
+    }
+
+    #[test]
+    fn probe_writes_the_families_it_shares_with_metrics_alike() {
+        use crate::domain::Reason;
+        use crate::exposition::table::{headers, render_table, with_headers};
+        use crate::state::{RowKey, StateTable};
+        use std::time::SystemTime;
+
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let outcome = Outcome {
+            state: State::Open,
+            reason: Reason::SynAck,
+            connect: Some(Duration::from_micros(250)),
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+        };
+        let report = ProbeReport {
+            request: parse(&[("target", "localhost:22")]).unwrap(),
+            dns_lookup: Some(Duration::from_millis(3)),
+            outcomes: vec![(ip, outcome)],
+            took: Duration::from_millis(5),
+            trace: String::new(),
+        };
+        let probe = String::from_utf8(report.render()).unwrap();
+        let config = Config::parse("[[targets]]\nhost = \"localhost\"\nports = [22]", "t").unwrap();
+        let table = StateTable::new();
+        table.set_targets(&config.targets);
+        table.record(
+            &config.targets[0].name,
+            RowKey {
+                port: 22,
+                ip: Some(ip),
+            },
+            outcome,
+        );
+        let rendered = render_table(&table, 1, Vec::new(), 0);
+        let body = with_headers(&headers(Format::Text), rendered.families());
+        let metrics = String::from_utf8(body.concat()).unwrap();
+
+        let header_of = |text: &str, name: &str| -> Vec<String> {
+            let (help, kind) = (format!("# HELP {name} "), format!("# TYPE {name} "));
+            text.lines()
+                .filter(|l| l.starts_with(&help) || l.starts_with(&kind))
+                .map(String::from)
+                .collect()
+        };
+        for family in [&PORT_STATE, &PORT_STATE_REASON, &PORT_CONNECT_DURATION] {
+            let lines = header_of(&probe, family.name);
+            assert_eq!(lines.len(), 2, "{}:\n{probe}", family.name);
+            assert_eq!(lines, header_of(&metrics, family.name));
+        }
+        // Every sample carries its family's labels; the numbers are written alike.
+        let families = [
+            &PORT_STATE,
+            &PORT_STATE_REASON,
+            &PORT_CONNECT_DURATION,
+            &PROBE_DNS_LOOKUP_TIME,
+            &PROBE_DURATION,
+            &PROBE_SUCCESS,
+        ];
+        let mut seen = Vec::new();
+        for line in probe.lines().filter(|l| !l.starts_with('#')) {
+            let name = line.split(['{', ' ']).next().unwrap();
+            let family = families.iter().find(|f| f.name == name).expect(name);
+            for label in family.labels {
+                let label = format!("{label}=\"");
+                assert!(
+                    line.contains(&format!("{{{label}")) || line.contains(&format!(",{label}")),
+                    "{line}"
+                );
+            }
+            seen.push(name);
+        }
+        seen.dedup();
+        assert_eq!(seen, families.map(|f| f.name));
+        let connect = "port=\"22\",ip=\"127.0.0.1\"} 0.00025\n";
+        assert!(
+            probe.contains(&format!("{{host=\"localhost\",{connect}")),
+            "{probe}"
+        );
+        assert!(
+            metrics.contains(&format!(",host=\"localhost\",{connect}")),
+            "{metrics}"
+        );
+        assert!(
+            probe.contains("\nprobe_dns_lookup_time_seconds 0.003\n"),
+            "{probe}"
+        );
+        assert!(probe.ends_with("\nprobe_success 1\n"), "{probe}");
     }
 }

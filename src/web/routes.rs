@@ -14,7 +14,7 @@ use super::probe::{self, ProbeRequest, Refusal};
 use super::query::{query_param, query_params};
 use super::status::StatusPage;
 use super::{Body, Web};
-use crate::exposition::TEXT_CONTENT_TYPE;
+use crate::exposition::{Format, TEXT_CONTENT_TYPE};
 use crate::probe::Probe;
 
 /// Seconds between automatic reloads of the status page.
@@ -200,17 +200,23 @@ fn refused(refusal: &Refusal) -> Response<Body> {
 
 async fn metrics<P, B>(web: &Web<P>, request: &Request<B>) -> Response<Body> {
     let gzip = accepts_gzip(request.headers().get(header::ACCEPT_ENCODING));
-    let body = web.metrics.scrape(gzip).await;
+    let accept = request.headers().get(header::ACCEPT);
+    let format = Format::from_accept(accept.and_then(|v| v.to_str().ok()));
+    let body = web.metrics.scrape(format, gzip).await;
     let mut response = Response::new(Body::from_chunks(body));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static(TEXT_CONTENT_TYPE),
+        HeaderValue::from_static(format.content_type()),
     );
     if gzip {
         headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
     }
-    headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
+    // The body depends on both: a cache must not serve one scraper's answer to another.
+    headers.insert(
+        header::VARY,
+        HeaderValue::from_static("Accept, Accept-Encoding"),
+    );
     response
 }
 
