@@ -66,6 +66,8 @@ struct Flags {
 }
 
 fn main() -> ExitCode {
+    #[cfg(target_env = "gnu")]
+    return_large_blocks_to_the_system();
     let flags = Flags::parse();
     if flags.config_check {
         return check_config(&flags);
@@ -192,6 +194,23 @@ fn fit_concurrency(wanted: usize) -> usize {
             tracing::warn!(%error, "cannot read or raise the file descriptor limit");
             wanted
         }
+    }
+}
+
+/// Makes glibc give blocks of 1 MiB and more back to the system when they are freed.
+///
+/// By default glibc raises its mmap threshold to the size of each large block freed, and from
+/// then on serves blocks of that size from heaps it keeps. The table's renderings are such
+/// blocks (megabytes each); those that slow scrapers held for a while, then let go, stayed
+/// resident. Measured with 300 stalled readers on 10,000 pairs (renderings of 12 MiB, the
+/// bound on renderings held at 128 MiB): +327 MiB resident with the dynamic threshold, +144
+/// MiB with it fixed. Renderings reuse their memory when no scraper holds it, so the common
+/// path allocates nothing either way.
+#[cfg(target_env = "gnu")]
+fn return_large_blocks_to_the_system() {
+    // SAFETY: mallopt only sets a parameter of the allocator; nothing else runs yet.
+    unsafe {
+        nix::libc::mallopt(nix::libc::M_MMAP_THRESHOLD, 1 << 20);
     }
 }
 

@@ -303,3 +303,75 @@ fn soak_smoke_full_range_every_5_s_keeps_rss_flat() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// Regression: 300 clients that sent `GET /metrics` and never read, on 10,000 pairs with a new
+/// rendering every few seconds, added 456 MB of resident memory: each stalled response kept
+/// its own rendering. Renderings that responses hold are bounded (128 MiB, or three of the
+/// current size); past it the oldest responses are dropped. The write timeout, which would end
+/// them anyway, is set far beyond the test so that only the bound is at work.
+#[test]
+fn stalled_readers_pin_a_bounded_amount_of_memory() {
+    const STALLED: usize = 300;
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("stalled.toml");
+    // Rounds every second, so the table changes (and a scrape renders anew) all the time.
+    let mut text =
+        String::from("[defaults]\ninterval = \"1s\"\ntimeout = \"500ms\"\nretries = 0\n");
+    for i in 0..TARGETS {
+        text.push_str(&format!(
+            "[[targets]]\nname = \"t{i}\"\nhost = \"127.1.{}.{}\"\nports = [{}]\n",
+            i / 250,
+            i % 250 + 1,
+            1000 + i % 1000
+        ));
+    }
+    std::fs::write(&config, text).unwrap();
+    let (child, addr, _) = start_binary(&[
+        "--config.file",
+        config.to_str().unwrap(),
+        "--web.write-timeout",
+        "10m",
+        "--web.max-requests",
+        "0",
+    ]);
+    let pid = child.id();
+    let _child = KillOnDrop(child);
+    wait_ready(addr, Duration::from_secs(60));
+    let rendering = get(addr, "/metrics").body.len() as u64;
+    std::thread::sleep(Duration::from_secs(2));
+    let before = vm_rss_kib(pid);
+    // Stalled clients arrive over 15 s, each after the table changed: a rendering each.
+    let started = Instant::now();
+    let mut stalled = Vec::with_capacity(STALLED);
+    let mut peak = before;
+    for i in 0..STALLED {
+        let mut stream = TcpStream::connect(addr).unwrap();
+        stream
+            .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap();
+        stalled.push(stream);
+        std::thread::sleep(Duration::from_millis(50));
+        if i % 10 == 0 {
+            peak = peak.max(vm_rss_kib(pid));
+        }
+    }
+    while started.elapsed() < Duration::from_secs(20) {
+        peak = peak.max(vm_rss_kib(pid));
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let grown_mib = (peak.saturating_sub(before)) / 1024;
+    println!(
+        "{STALLED} stalled readers, renderings of {} KiB: VmRSS {} MiB before, peak {} MiB (+{grown_mib} MiB)",
+        rendering / 1024,
+        before / 1024,
+        peak / 1024
+    );
+    // The bound (128 MiB here) plus the allocator's slack and the renderings in the making.
+    assert!(
+        grown_mib < 200,
+        "stalled readers grew the exporter by {grown_mib} MiB"
+    );
+    // The exporter still serves.
+    assert_eq!(get(addr, "/-/healthy").status, 200);
+    drop(stalled);
+}

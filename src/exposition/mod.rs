@@ -14,7 +14,15 @@
 //! format; scrapes that arrive while it is being rendered wait for that render instead of
 //! starting their own. The exporter's own metrics are written fresh, last; in OpenMetrics
 //! they end with `# EOF`.
+//!
+//! A response being sent keeps its rendering alive, and a client that stops reading would
+//! keep it for as long as its connection lives: many such clients, each arriving after the
+//! table changed, would pin a rendering each. So the renderings that responses still hold
+//! are bounded in bytes ([`MIN_PINNED_BYTES`], or [`PINNED_RENDERINGS`] renderings of today's
+//! size): past the bound, the oldest ones are [`Scrape::superseded`], and the web layer drops
+//! the connections still sending them.
 
+use std::collections::VecDeque;
 use std::io::Write as _;
 use std::sync::{Arc, Mutex, OnceLock};
 
@@ -22,6 +30,7 @@ use bytes::Bytes;
 use flate2::Compression;
 use flate2::write::GzEncoder;
 use rayon::prelude::*;
+use tokio_util::sync::CancellationToken;
 
 pub mod table;
 pub mod text;
@@ -32,12 +41,53 @@ use crate::telemetry::Telemetry;
 
 pub use text::{Format, TEXT_CONTENT_TYPE};
 
+/// Renderings that responses still hold may take this many bytes in all, whatever their size.
+pub const MIN_PINNED_BYTES: usize = 128 << 20;
+/// ... or this many renderings of the current one's size, if that is more (a large table's
+/// scrapes must not be cut merely for being large).
+pub const PINNED_RENDERINGS: usize = 3;
+
+/// One scrape's answer.
+pub struct Scrape {
+    /// The buffers to send one after the other.
+    pub body: Vec<Bytes>,
+    /// Cancelled when the rendering the body is made of must be let go: a response still
+    /// being sent then is to be dropped.
+    pub superseded: CancellationToken,
+    /// Counts this answer as holding its rendering until dropped: keep it with the body.
+    pub lease: Lease,
+}
+
+/// A response's hold on a rendering, counted while it lives.
+#[derive(Debug)]
+pub struct Lease {
+    _held: Arc<()>,
+}
+
+/// A rendering no longer in the cache, as long as responses may hold it.
+struct Replaced {
+    /// One count here, one per response holding the rendering.
+    lease: Arc<()>,
+    bytes: usize,
+    superseded: CancellationToken,
+}
+
+impl Replaced {
+    fn is_held(&self) -> bool {
+        Arc::strong_count(&self.lease) > 1
+    }
+}
+
 /// Renders `/metrics`: the table's text from its cache, the exporter's own metrics fresh.
 pub struct Metrics {
     telemetry: Arc<Telemetry>,
     table: Arc<StateTable>,
     /// The last rendering of the table.
     cached: Mutex<Option<Arc<RenderedTable>>>,
+    /// Renderings replaced since, oldest first, while some response may still hold them.
+    replaced: Mutex<VecDeque<Replaced>>,
+    /// [`MIN_PINNED_BYTES`], but for tests.
+    min_pinned_bytes: usize,
     /// Held while the table is rendered: one render at a time, shared by those who wait.
     rendering: tokio::sync::Mutex<()>,
     /// Threads a rendering or compression may use: the machine's cores.
@@ -50,6 +100,8 @@ impl Metrics {
             telemetry,
             table,
             cached: Mutex::new(None),
+            replaced: Mutex::new(VecDeque::new()),
+            min_pinned_bytes: MIN_PINNED_BYTES,
             rendering: tokio::sync::Mutex::new(()),
             workers: std::thread::available_parallelism().map_or(1, |n| n.get()),
         }
@@ -59,7 +111,7 @@ impl Metrics {
     /// `gzip` (decoders read concatenated members as one stream): the table's part from the
     /// cache when the table has not changed since, the exporter's own metrics fresh, and in
     /// OpenMetrics `# EOF` at the very end.
-    pub async fn scrape(&self, format: Format, gzip: bool) -> Vec<Bytes> {
+    pub async fn scrape(&self, format: Format, gzip: bool) -> Scrape {
         let table = self.table_text().await;
         let own = self.own_metrics(format);
         let headers = TableHeaders::of(format);
@@ -73,7 +125,13 @@ impl Metrics {
         } else {
             Bytes::from(own)
         });
-        body
+        Scrape {
+            body,
+            superseded: table.superseded.clone(),
+            lease: Lease {
+                _held: table.lease.clone(),
+            },
+        }
     }
 
     /// The table's text, rendered at or after the table's generation at the time of the call.
@@ -96,6 +154,13 @@ impl Metrics {
         // peak memory of a large table), and write the new one into its memory where no
         // scrape is still sending it.
         let stale = self.lock_cache().take();
+        if let Some(stale) = &stale {
+            self.lock_replaced().push_back(Replaced {
+                lease: stale.lease.clone(),
+                bytes: stale.bytes(),
+                superseded: stale.superseded.clone(),
+            });
+        }
         let capacity = stale.as_ref().map_or(0, |c| c.text.len());
         let scratch = stale
             .and_then(|c| Arc::try_unwrap(c).ok())
@@ -108,6 +173,8 @@ impl Metrics {
                 generation,
                 text: render_table(&table, workers, scratch, capacity),
                 gzip: tokio::sync::OnceCell::new(),
+                superseded: CancellationToken::new(),
+                lease: Arc::new(()),
             }
         })
         .await
@@ -115,7 +182,36 @@ impl Metrics {
         self.telemetry.renders.inc();
         let rendered = Arc::new(rendered);
         *self.lock_cache() = Some(rendered.clone());
+        self.bound_pinned(rendered.bytes());
         rendered
+    }
+
+    /// Supersedes the oldest replaced renderings still held by responses until those left,
+    /// with the current one of `current_bytes`, fit the bound.
+    fn bound_pinned(&self, current_bytes: usize) {
+        let bound = self
+            .min_pinned_bytes
+            .max(PINNED_RENDERINGS.saturating_mul(current_bytes));
+        let mut replaced = self.lock_replaced();
+        replaced.retain(Replaced::is_held);
+        let mut pinned = current_bytes + replaced.iter().map(|r| r.bytes).sum::<usize>();
+        while pinned > bound {
+            let Some(oldest) = replaced.pop_front() else {
+                break;
+            };
+            pinned -= oldest.bytes;
+            oldest.superseded.cancel();
+        }
+    }
+
+    /// How many replaced renderings some response still holds.
+    #[cfg(test)]
+    fn pinned(&self) -> usize {
+        self.lock_replaced().iter().filter(|r| r.is_held()).count()
+    }
+
+    fn lock_replaced(&self) -> std::sync::MutexGuard<'_, VecDeque<Replaced>> {
+        self.replaced.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, Option<Arc<RenderedTable>>> {
@@ -161,6 +257,10 @@ struct RenderedTable {
     text: TableText,
     /// Per family of [`FAMILIES`], its samples as gzip members.
     gzip: tokio::sync::OnceCell<Vec<Vec<Bytes>>>,
+    /// Cancelled when responses must let this rendering go.
+    superseded: CancellationToken,
+    /// Counted by every response made of this rendering.
+    lease: Arc<()>,
 }
 
 /// Text is compressed in pieces of at most this size, one gzip member each, so that all
@@ -168,6 +268,14 @@ struct RenderedTable {
 const GZIP_PIECE: usize = 4 << 20;
 
 impl RenderedTable {
+    /// The memory this rendering holds: its text, and its gzip form if made.
+    fn bytes(&self) -> usize {
+        let gzip = self.gzip.get().map_or(0, |families| {
+            families.iter().flatten().map(Bytes::len).sum()
+        });
+        self.text.len() + gzip
+    }
+
     async fn gzip(self: &Arc<Self>) -> &[Vec<Bytes>] {
         let this = self.clone();
         self.gzip
@@ -265,7 +373,7 @@ mod tests {
             let scrapes: Vec<_> = (0..8)
                 .map(|_| {
                     let metrics = metrics.clone();
-                    tokio::spawn(async move { metrics.scrape(Format::Text, gzip).await })
+                    tokio::spawn(async move { metrics.scrape(Format::Text, gzip).await.body })
                 })
                 .collect();
             async move {
@@ -326,10 +434,10 @@ mod tests {
         record_all(&table, State::Closed);
         let telemetry = Arc::new(Telemetry::new().unwrap());
         let metrics = Metrics::new(table, telemetry.clone());
-        let text = metrics.scrape(Format::Text, false).await;
-        let om = metrics.scrape(Format::OpenMetrics, false).await;
-        let om_gzip = metrics.scrape(Format::OpenMetrics, true).await;
-        let text_gzip = metrics.scrape(Format::Text, true).await;
+        let text = metrics.scrape(Format::Text, false).await.body;
+        let om = metrics.scrape(Format::OpenMetrics, false).await.body;
+        let om_gzip = metrics.scrape(Format::OpenMetrics, true).await.body;
+        let text_gzip = metrics.scrape(Format::Text, true).await.body;
         assert_eq!(telemetry.renders.get(), 1, "one rendering for both formats");
         // The body's parts: the table's, then the exporter's own metrics.
         let table_part = |body: &[Bytes]| body[..body.len() - 1].to_vec();
@@ -360,5 +468,55 @@ mod tests {
             assert!(whole.contains("\n# TYPE port_exporter_build info\n"));
         }
         assert!(!String::from_utf8(text.concat()).unwrap().contains("# EOF"));
+    }
+
+    /// Regression: 300 clients that asked for /metrics and never read, each after the table
+    /// had changed, pinned a rendering each (456 MB of RSS at 10,000 pairs). Renderings that
+    /// responses hold are bounded: past the bound the oldest are superseded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn renderings_held_by_responses_are_bounded_and_the_oldest_superseded() {
+        let table = range_table();
+        let telemetry = Arc::new(Telemetry::new().unwrap());
+        let mut metrics = Metrics::new(table.clone(), telemetry);
+        record_all(&table, State::Closed);
+        let one = metrics.scrape(Format::Text, false).await;
+        let rendering: usize = one.body.iter().map(Bytes::len).sum();
+        // Room for about five renderings of this table.
+        metrics.min_pinned_bytes = rendering * 5;
+        let mut held = vec![one];
+        for i in 0..12 {
+            record_all(
+                &table,
+                if i % 2 == 0 {
+                    State::Open
+                } else {
+                    State::Closed
+                },
+            );
+            held.push(metrics.scrape(Format::Text, false).await);
+        }
+        let superseded = held.iter().filter(|s| s.superseded.is_cancelled()).count();
+        // Every response still holds its rendering: each replaced one is still counted as
+        // pinned, or was superseded.
+        assert_eq!(metrics.pinned() + superseded, 12);
+        assert!(
+            (7..=9).contains(&superseded),
+            "{superseded} of 13 superseded with room for 5"
+        );
+        // The oldest go first; the newest is never superseded.
+        let first_kept = held
+            .iter()
+            .position(|s| !s.superseded.is_cancelled())
+            .unwrap();
+        assert!(
+            held[first_kept..]
+                .iter()
+                .all(|s| !s.superseded.is_cancelled())
+        );
+        // Once the responses let go, nothing is pinned.
+        held.clear();
+        record_all(&table, State::Open);
+        drop(metrics.scrape(Format::Text, false).await);
+        assert_eq!(metrics.pinned(), 0);
     }
 }

@@ -7,6 +7,7 @@
 //! the connection when, with no handler running, nothing moved for longer than allowed: the
 //! write timeout while a response is being sent, the idle timeout between requests. A handler
 //! that is still working (a `/probe` waiting for its answer) has its own budget and is not cut.
+//! A response whose memory must be let go (its rendering [`Superseded`]) is cut at once.
 
 use std::io;
 use std::pin::Pin;
@@ -17,6 +18,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// How often the watchdog looks at a connection.
 const WATCH_EVERY: Duration = Duration::from_millis(500);
@@ -39,6 +41,10 @@ impl Default for Timeouts {
     }
 }
 
+/// A response extension: cancelled when the memory the response is made of must be let go.
+#[derive(Clone, Debug)]
+pub struct Superseded(pub CancellationToken);
+
 /// What one connection is doing, shared by its I/O, its handlers and its watchdog.
 #[derive(Debug)]
 pub struct Activity {
@@ -49,6 +55,11 @@ pub struct Activity {
     handling: AtomicUsize,
     /// Responses being sent (their bodies alive).
     sending: AtomicUsize,
+    /// The [`Superseded`] token of the response being sent, if it has one. HTTP/1.1 sends
+    /// one response at a time, so one place is enough.
+    superseded: std::sync::Mutex<Option<CancellationToken>>,
+    /// Pinged when a response starts, so the watchdog waits on its token at once.
+    response_started: tokio::sync::Notify,
 }
 
 impl Activity {
@@ -58,6 +69,8 @@ impl Activity {
             last_progress: AtomicU64::new(0),
             handling: AtomicUsize::new(0),
             sending: AtomicUsize::new(0),
+            superseded: std::sync::Mutex::new(None),
+            response_started: tokio::sync::Notify::new(),
         })
     }
 
@@ -77,10 +90,23 @@ impl Activity {
         Handling(self.clone())
     }
 
-    /// Marks a response being sent until the guard (held by its body) is dropped.
-    pub fn sending(self: &Arc<Self>) -> Sending {
+    /// Marks a response being sent until the guard (held by its body) is dropped; the
+    /// connection is cut if `superseded` is cancelled meanwhile.
+    pub fn sending(self: &Arc<Self>, superseded: Option<Superseded>) -> Sending {
         self.sending.fetch_add(1, Ordering::AcqRel);
+        *self.lock_superseded() = superseded.map(|s| s.0);
+        self.response_started.notify_one();
         Sending(self.clone())
+    }
+
+    fn lock_superseded(&self) -> std::sync::MutexGuard<'_, Option<CancellationToken>> {
+        self.superseded.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_superseded(&self) -> bool {
+        self.lock_superseded()
+            .as_ref()
+            .is_some_and(CancellationToken::is_cancelled)
     }
 }
 
@@ -98,6 +124,7 @@ pub struct Sending(Arc<Activity>);
 
 impl Drop for Sending {
     fn drop(&mut self) {
+        *self.0.lock_superseded() = None;
         self.0.sending.fetch_sub(1, Ordering::AcqRel);
     }
 }
@@ -109,17 +136,34 @@ pub enum Stalled {
     Write,
     /// No request came for the idle timeout.
     Idle,
+    /// The response's memory had to be let go.
+    Superseded,
 }
 
 /// Returns once the connection stalled past its timeout; runs as long as it does not.
 pub async fn watchdog(activity: &Activity, timeouts: Timeouts) -> Stalled {
     loop {
-        tokio::time::sleep(WATCH_EVERY).await;
+        // A superseded response is cut the moment it is superseded: stalled clients arriving
+        // fast must not pin a rendering each until the next look.
+        let superseded = activity.lock_superseded().clone();
+        tokio::select! {
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+            () = async {
+                match &superseded {
+                    Some(token) => token.cancelled().await,
+                    None => std::future::pending().await,
+                }
+            } => {}
+            () = activity.response_started.notified() => continue,
+        }
         if activity.handling.load(Ordering::Acquire) > 0 {
             continue;
         }
         let still = activity.still_for();
         if activity.sending.load(Ordering::Acquire) > 0 {
+            if activity.is_superseded() {
+                return Stalled::Superseded;
+            }
             if still > timeouts.write {
                 return Stalled::Write;
             }
@@ -199,6 +243,23 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Watched<I> {
 mod tests {
     use super::*;
 
+    #[tokio::test(start_paused = true)]
+    async fn a_superseded_response_is_cut_at_once() {
+        let activity = Activity::new();
+        activity.progressed();
+        let token = CancellationToken::new();
+        let sending = activity.sending(Some(Superseded(token.clone())));
+        let waited = tokio::time::timeout(Duration::from_secs(1), watchdog(&activity, SHORT));
+        assert!(waited.await.is_err(), "cut before it was superseded");
+        token.cancel();
+        assert_eq!(watchdog(&activity, SHORT).await, Stalled::Superseded);
+        // Once the response is sent, its token no longer matters.
+        drop(sending);
+        let _next = activity.sending(None);
+        activity.progressed();
+        assert_eq!(watchdog(&activity, SHORT).await, Stalled::Write);
+    }
+
     const SHORT: Timeouts = Timeouts {
         write: Duration::from_secs(2),
         idle: Duration::from_secs(5),
@@ -208,7 +269,7 @@ mod tests {
     async fn a_stalled_response_is_cut_after_the_write_timeout() {
         let activity = Activity::new();
         activity.progressed();
-        let _sending = activity.sending();
+        let _sending = activity.sending(None);
         let started = Instant::now();
         assert_eq!(watchdog(&activity, SHORT).await, Stalled::Write);
         let took = started.elapsed();

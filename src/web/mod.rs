@@ -237,9 +237,10 @@ where
                 let activity = requests.clone();
                 async move {
                     let handling = activity.handling();
-                    let response = routes::handle(&web, request).await;
+                    let mut response = routes::handle(&web, request).await;
                     // Marked sending before the handler's mark goes: no moment unwatched.
-                    let sending = activity.sending();
+                    let superseded = response.extensions_mut().remove::<connection::Superseded>();
+                    let sending = activity.sending(superseded);
                     drop(handling);
                     Ok::<_, Infallible>(response.map(|body| body.holding(sending)))
                 }

@@ -16,6 +16,7 @@ use super::status::StatusPage;
 use super::{Body, Web};
 use crate::exposition::{Format, TEXT_CONTENT_TYPE};
 use crate::probe::Probe;
+use crate::web::connection::Superseded;
 
 /// Seconds between automatic reloads of the status page.
 const STATUS_REFRESH_SECONDS: u32 = 15;
@@ -202,8 +203,11 @@ async fn metrics<P, B>(web: &Web<P>, request: &Request<B>) -> Response<Body> {
     let gzip = accepts_gzip(request.headers().get(header::ACCEPT_ENCODING));
     let accept = request.headers().get(header::ACCEPT);
     let format = Format::from_accept(accept.and_then(|v| v.to_str().ok()));
-    let body = web.metrics.scrape(format, gzip).await;
-    let mut response = Response::new(Body::from_chunks(body));
+    let scrape = web.metrics.scrape(format, gzip).await;
+    let mut response = Response::new(Body::from_chunks(scrape.body).holding(scrape.lease));
+    response
+        .extensions_mut()
+        .insert(Superseded(scrape.superseded));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
