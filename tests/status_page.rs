@@ -33,6 +33,12 @@ fn closed_port() -> u16 {
 
 /// Runs headless Chromium with a fresh profile on `url` plus `extra` flags; returns stdout.
 fn chromium(extra: &[String], url: &str) -> String {
+    chromium_logged(extra, url).0
+}
+
+/// Like [`chromium`], returning stdout and stderr (where `--enable-logging=stderr` puts the
+/// console's messages, CSP violations among them).
+fn chromium_logged(extra: &[String], url: &str) -> (String, String) {
     assert!(
         url.starts_with("http://127.0.0.1:"),
         "Chromium only loads the local exporter: {url}"
@@ -86,12 +92,9 @@ fn chromium(extra: &[String], url: &str) -> String {
         std::thread::sleep(Duration::from_millis(100));
     };
     let stdout = std::fs::read_to_string(&stdout_path).unwrap();
-    assert!(
-        status.success(),
-        "chromium failed ({status}): {}",
-        std::fs::read_to_string(&stderr_path).unwrap_or_default()
-    );
-    stdout
+    let stderr = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    assert!(status.success(), "chromium failed ({status}): {stderr}");
+    (stdout, stderr)
 }
 
 /// The DOM of `path` on the exporter as Chromium has it after loading (scripts run).
@@ -321,6 +324,98 @@ fn user_input_is_text_in_the_browser() {
         "only the page's own script"
     );
     assert!(row(&dom, "&lt;script&gt;alert(1)&lt;/script&gt;", port).is_some());
+    exporter.stop();
+}
+
+/// Serves `html` on 127.0.0.1 to at most 4 connections, for at most 60 s (or until dropped).
+struct HtmlServer {
+    addr: SocketAddr,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl HtmlServer {
+    fn start(html: String) -> HtmlServer {
+        use std::io::{Read, Write};
+        use std::sync::atomic::Ordering;
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stopped = stop.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            let mut served = 0;
+            while served < 4 && Instant::now() < deadline && !stopped.load(Ordering::Relaxed) {
+                let Ok((mut stream, _)) = listener.accept() else {
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                };
+                served += 1;
+                let _ = stream.set_nonblocking(false);
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let mut head = [0u8; 4096];
+                let _ = stream.read(&mut head);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                     Connection: close\r\n\r\n{html}",
+                    html.len()
+                );
+            }
+        });
+        HtmlServer { addr, stop }
+    }
+}
+
+impl Drop for HtmlServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[test]
+fn the_inline_style_and_script_run_under_the_content_security_policy_and_framing_is_refused() {
+    if !have("chromium") {
+        skip("chromium not installed");
+        return;
+    }
+    let exporter = start_exporter(&format!(
+        "[[targets]]\nname = \"web\"\nhost = \"127.0.0.1\"\nports = [{}]\n",
+        closed_port()
+    ));
+    wait_ready(exporter.addr, Duration::from_secs(20));
+    let csp = get(exporter.addr, "/").headers["content-security-policy"].clone();
+    assert!(
+        csp.contains("style-src 'sha256-") && csp.contains("script-src 'sha256-"),
+        "{csp}"
+    );
+    let flags = ["--enable-logging=stderr", "--v=0", "--dump-dom"].map(String::from);
+    let url = format!("http://{}/", exporter.addr);
+    let (dom, log) = chromium_logged(&flags, &url);
+    // The script ran: it wrote the countdown into its span. (Its own text, in the <script>
+    // element, says "(next in " too: look at the span.)
+    assert!(
+        dom.contains("id=\"countdown\" data-seconds=\"15\">(next in 15 s)</span>"),
+        "the inline script did not run: {dom}"
+    );
+    // Nothing was blocked: Chromium logs every CSP violation (below, it logs one).
+    assert!(
+        !log.contains("Content Security Policy"),
+        "the page's CSP blocked its own style or script: {log}"
+    );
+
+    // A page elsewhere that frames the status page: refused by frame-ancestors 'none'.
+    let framer = HtmlServer::start(format!(
+        "<!DOCTYPE html><html><body><iframe src=\"{url}\"></iframe></body></html>"
+    ));
+    let (_, log) = chromium_logged(&flags, &format!("http://{}/", framer.addr));
+    assert!(
+        log.contains(
+            "violates the following Content Security Policy directive: \"frame-ancestors 'none'\""
+        ),
+        "framing was not refused: {log}"
+    );
+    drop(framer);
     exporter.stop();
 }
 

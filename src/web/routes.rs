@@ -1,8 +1,11 @@
 //! The endpoints: one table of (method, path) to endpoint, and the handler of each.
 //!
-//! Before routing, every request passes the `--web.max-requests` cap (503 beyond it) and the
-//! web config's basic auth (401). A path in no row is a 404; a path whose rows name other
-//! methods is a 405 with an `Allow` header listing them.
+//! Before routing, every request passes the web config's basic auth (401; 429 when the
+//! password check is busy), then the `--web.max-requests` cap (503 beyond it). Auth comes
+//! first, so that wrong passwords, which wait for bcrypt, never hold a request slot, and a
+//! cached right password is let in at once. A path in no row is a 404; a path whose rows name
+//! other methods is a 405 with an `Allow` header listing them. Every response gets the
+//! security headers (`security::headers`).
 
 use std::time::{Duration, SystemTime};
 
@@ -12,6 +15,7 @@ use hyper::{Method, Request, Response, StatusCode};
 
 use super::probe::{self, ProbeRequest, Refusal};
 use super::query::{query_param, query_params};
+use super::security::{Verdict, add_security_headers, add_status_page_headers};
 use super::status::StatusPage;
 use super::{Body, Web};
 use crate::exposition::{Format, TEXT_CONTENT_TYPE};
@@ -20,6 +24,9 @@ use crate::web::connection::Superseded;
 
 /// Seconds between automatic reloads of the status page.
 const STATUS_REFRESH_SECONDS: u32 = 15;
+
+/// The `Retry-After` of a 429 (the password check was busy), in seconds.
+const AUTH_BUSY_RETRY_AFTER_SECONDS: u32 = 1;
 
 /// What answers a request.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,11 +94,48 @@ fn route(telemetry_path: &str, method: &Method, path: &str) -> Result<Endpoint, 
     }
 }
 
-/// Answers one request.
+/// Answers one request, with the security headers.
 pub(super) async fn handle<P: Probe + Clone, B>(
     web: &Web<P>,
     request: Request<B>,
 ) -> Response<Body> {
+    let mut response = answer(web, request).await;
+    add_security_headers(response.headers_mut());
+    response
+}
+
+/// Answers one request: auth, the request cap, then the endpoint.
+async fn answer<P: Probe + Clone, B>(web: &Web<P>, request: Request<B>) -> Response<Body> {
+    let verdict = match &web.web_config {
+        Some(config) => {
+            config
+                .authorize(request.headers().get(header::AUTHORIZATION))
+                .await
+        }
+        None => Verdict::Passed,
+    };
+    match verdict {
+        Verdict::Passed => {}
+        Verdict::Refused => {
+            let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"port_exporter\""),
+            );
+            return response;
+        }
+        Verdict::Busy => {
+            let mut response = text(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many password checks at once; retry later\n",
+            );
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(AUTH_BUSY_RETRY_AFTER_SECONDS),
+            );
+            return response;
+        }
+    }
     // Over the cap, answer at once instead of queueing: a scraper retries, a pile-up does not.
     let _permit = match &web.request_slots {
         Some(slots) => match slots.clone().try_acquire_owned() {
@@ -105,18 +149,6 @@ pub(super) async fn handle<P: Probe + Clone, B>(
         },
         None => None,
     };
-    let authorized = web
-        .web_config
-        .as_ref()
-        .is_none_or(|c| c.authorized(request.headers().get(header::AUTHORIZATION)));
-    if !authorized {
-        let mut response = text(StatusCode::UNAUTHORIZED, "Unauthorized\n");
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            HeaderValue::from_static("Basic realm=\"port_exporter\""),
-        );
-        return response;
-    }
     let endpoint = match route(&web.telemetry_path, request.method(), request.uri().path()) {
         Ok(endpoint) => endpoint,
         Err(Unrouted::NotFound) => return text(StatusCode::NOT_FOUND, "404 page not found\n"),
@@ -250,10 +282,12 @@ fn status_page<P, B>(web: &Web<P>, request: &Request<B>) -> Response<Body> {
     }
     .render(&web.table, SystemTime::now(), state_filter.as_deref());
     let mut response = Response::new(Body::from(Bytes::from(page)));
-    response.headers_mut().insert(
+    let headers = response.headers_mut();
+    headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/html; charset=utf-8"),
     );
+    add_status_page_headers(headers);
     response
 }
 
@@ -276,6 +310,8 @@ mod tests {
     use tokio_util::sync::CancellationToken;
     use tokio_util::task::TaskTracker;
 
+    use tokio::sync::Semaphore;
+
     use super::*;
     use crate::config::Config;
     use crate::domain::{Attempts, Reason, State};
@@ -286,6 +322,7 @@ mod tests {
     use crate::schedule::{Scheduler, SchedulerParts};
     use crate::state::StateTable;
     use crate::telemetry::Telemetry;
+    use crate::web::security::WebConfig;
 
     #[test]
     fn accept_encoding_parsing() {
@@ -501,6 +538,144 @@ mod tests {
         let (status, _, _) = get(&off, "/probe?target=127.0.0.1:9").await;
         assert_eq!(status, StatusCode::FORBIDDEN);
         assert!(prober.probed.lock().unwrap().is_empty());
+    }
+
+    /// `Basic` credentials of `user:password`.
+    fn basic(user: &str, password: &str) -> HeaderValue {
+        use base64::Engine as _;
+        let encoded =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        HeaderValue::try_from(format!("Basic {encoded}")).unwrap()
+    }
+
+    async fn get_with(
+        web: &Web<FakeProbe>,
+        uri: &str,
+        auth: Option<HeaderValue>,
+    ) -> Response<Body> {
+        let mut request = Request::get(uri);
+        if let Some(auth) = auth {
+            request = request.header(header::AUTHORIZATION, auth);
+        }
+        handle(web, request.body(()).unwrap()).await
+    }
+
+    #[tokio::test]
+    async fn auth_comes_before_the_request_slot_and_a_busy_check_is_429() {
+        let mut web = web_with(fake(State::Open), "");
+        let hash = bcrypt::hash("wonderland", 4).unwrap();
+        let users = format!("basic_auth_users:\n  alice: {hash}\n");
+        web.web_config =
+            Some(WebConfig::parse(&users, "web.yml", std::path::Path::new(".")).unwrap());
+        let slots = Arc::new(Semaphore::new(1));
+        web.request_slots = Some(slots.clone());
+        let right = || Some(basic("alice", "wonderland"));
+        assert_eq!(
+            get_with(&web, "/-/healthy", right()).await.status(),
+            StatusCode::OK
+        );
+
+        // Every slot taken: failures still get 401, without a slot; the right password gets
+        // past auth, then finds no slot.
+        let all_slots = slots.clone().try_acquire_owned().unwrap();
+        let response = get_with(&web, "/-/healthy", Some(basic("alice", "wrong"))).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(
+            response.headers()[header::WWW_AUTHENTICATE],
+            "Basic realm=\"port_exporter\""
+        );
+        assert_eq!(
+            get_with(&web, "/-/healthy", None).await.status(),
+            StatusCode::UNAUTHORIZED
+        );
+        let response = get_with(&web, "/-/healthy", right()).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        drop(all_slots);
+
+        // bcrypt busy: an uncached check is refused at once with 429 and Retry-After; the
+        // cached right password passes.
+        let config = web.web_config.as_ref().unwrap();
+        let busy = config.occupy_bcrypt().unwrap();
+        let response = get_with(&web, "/-/healthy", Some(basic("alice", "wrong"))).await;
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+        assert_eq!(
+            response.headers()[header::X_CONTENT_TYPE_OPTIONS],
+            "nosniff"
+        );
+        assert!(!response.headers().contains_key(header::WWW_AUTHENTICATE));
+        assert_eq!(
+            get_with(&web, "/-/healthy", right()).await.status(),
+            StatusCode::OK
+        );
+        drop(busy);
+        let response = get_with(&web, "/-/healthy", Some(basic("alice", "wrong"))).await;
+        assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    }
+
+    /// `'sha256-<base64>'` of `text`.
+    fn csp_hash(text: &str) -> String {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        format!(
+            "'sha256-{}'",
+            base64::engine::general_purpose::STANDARD.encode(digest)
+        )
+    }
+
+    /// The text between `<tag>` and `</tag>` in `page`, which has exactly one.
+    fn inline<'a>(page: &'a str, tag: &str) -> &'a str {
+        let open = format!("<{tag}>");
+        assert_eq!(page.matches(&open).count(), 1, "{page}");
+        let start = page.find(&open).unwrap() + open.len();
+        let end = start + page[start..].find(&format!("</{tag}>")).unwrap();
+        &page[start..end]
+    }
+
+    #[tokio::test]
+    async fn every_response_is_nosniff_and_the_status_page_has_a_csp_with_its_inline_hashes() {
+        let web = web_with(fake(State::Open), "");
+        let response = get_with(&web, "/", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers().clone();
+        let body: Vec<u8> = response.into_body().chunks.into_iter().flatten().collect();
+        let page = String::from_utf8(body).unwrap();
+        assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff");
+        assert_eq!(headers[header::X_FRAME_OPTIONS], "DENY");
+        let csp = headers[header::CONTENT_SECURITY_POLICY].to_str().unwrap();
+        let directives: Vec<&str> = csp.split(';').map(str::trim).collect();
+        let style = format!("style-src {}", csp_hash(inline(&page, "style")));
+        let script = format!("script-src {}", csp_hash(inline(&page, "script")));
+        for expected in [
+            "default-src 'none'",
+            style.as_str(),
+            script.as_str(),
+            "base-uri 'none'",
+            "form-action 'none'",
+            "frame-ancestors 'none'",
+        ] {
+            assert!(directives.contains(&expected), "{expected} in {csp}");
+        }
+        assert_eq!(directives.len(), 6, "{csp}");
+        assert!(!csp.contains("unsafe"), "{csp}");
+
+        let post = handle(&web, Request::post("/metrics").body(()).unwrap()).await;
+        for (uri, response) in [
+            ("/metrics", get_with(&web, "/metrics", None).await),
+            ("/-/healthy", get_with(&web, "/-/healthy", None).await),
+            ("/config", get_with(&web, "/config", None).await),
+            ("/probe", get_with(&web, "/probe", None).await),
+            ("/nope", get_with(&web, "/nope", None).await),
+            ("POST /metrics", post),
+        ] {
+            let headers = response.headers();
+            assert_eq!(headers[header::X_CONTENT_TYPE_OPTIONS], "nosniff", "{uri}");
+            assert!(
+                !headers.contains_key(header::CONTENT_SECURITY_POLICY),
+                "{uri}"
+            );
+        }
     }
 
     #[tokio::test]

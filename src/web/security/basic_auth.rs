@@ -3,13 +3,21 @@
 //!
 //! A request passes when its `Authorization: Basic` credentials match a user's bcrypt hash.
 //! Successful checks are cached (by a salted SHA-256 of user and password, never the
-//! plaintext), so only the first request of a user pays for bcrypt. An unknown user is checked
-//! against another user's hash, so that it takes as long as a wrong password and timing does
-//! not tell which users exist. bcrypt runs one at a time, off the async worker threads.
+//! plaintext), so only the first request of a user pays for bcrypt; the cache is looked up
+//! first, at once, so a cached user never waits behind the checks of others. An unknown user
+//! is checked against another user's hash, so that it takes as long as a wrong password and
+//! timing does not tell which users exist.
+//!
+//! bcrypt runs on one thread of its own ([`BCRYPT_RUNS`] checks at a time), never on the async
+//! workers nor tokio's blocking pool: a flood of bad passwords takes one core and one thread.
+//! A check that finds the bcrypt thread busy is not queued: it is [`Verdict::Busy`] at once
+//! (the server answers 429), so failures never pile up in memory or threads.
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::Mutex;
+use std::sync::mpsc::{Receiver, SyncSender};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD};
@@ -17,9 +25,25 @@ use rustls::crypto::ring as ring_provider;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use sha2::{Digest, Sha256};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot};
 
 /// How many successful (user, password) checks are remembered; the cache is emptied when full.
 const AUTH_CACHE_LIMIT: usize = 4096;
+
+/// How many bcrypt checks may be running or queued for the bcrypt thread at once; a check
+/// beyond them is refused ([`Verdict::Busy`]). One: a flood of bad passwords takes one core.
+const BCRYPT_RUNS: usize = 1;
+
+/// What a request's credentials get.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Right user and password, or no `basic_auth_users` at all.
+    Passed,
+    /// No credentials, or wrong ones: 401.
+    Refused,
+    /// Not in the cache, and the bcrypt check is busy with other requests: not checked, 429.
+    Busy,
+}
 
 /// `basic_auth_users`: user name to bcrypt hash, each hash checked while parsing.
 pub(super) struct Users(pub(super) BTreeMap<String, String>);
@@ -77,27 +101,33 @@ fn check_bcrypt_hash(hash: &str) -> Result<(), String> {
 pub(super) struct BasicAuth {
     /// User name to bcrypt hash; never empty.
     users: BTreeMap<String, String>,
+    /// The hash an unknown user is checked against: some user's.
+    decoy: String,
     /// Random per process: cache keys are SHA-256(salt, user, password).
     salt: [u8; 32],
     /// Keys of (user, password) pairs that passed.
     cache: Mutex<HashSet<[u8; 32]>>,
-    /// bcrypt runs one at a time, so a flood of bad passwords takes one core, not all.
-    bcrypt: Mutex<()>,
+    /// The bcrypt thread.
+    bcrypt: Bcrypt,
 }
 
 impl BasicAuth {
-    pub(super) fn new(users: BTreeMap<String, String>) -> BasicAuth {
+    /// The users' checker; starts the bcrypt thread, which ends when this is dropped.
+    pub(super) fn new(users: BTreeMap<String, String>) -> std::io::Result<BasicAuth> {
         let mut salt = [0; 32];
         // ring's system random; should it ever fail, a fixed salt still hides the plaintext.
         let _ = ring_provider::default_provider()
             .secure_random
             .fill(&mut salt);
-        BasicAuth {
+        // An empty decoy (no users, which the caller never passes) matches no password.
+        let decoy = users.values().next().cloned().unwrap_or_default();
+        Ok(BasicAuth {
             users,
+            decoy,
             salt,
             cache: Mutex::new(HashSet::new()),
-            bcrypt: Mutex::new(()),
-        }
+            bcrypt: Bcrypt::start()?,
+        })
     }
 
     /// The names of the users, for `Debug`.
@@ -117,45 +147,107 @@ impl BasicAuth {
             .into()
     }
 
-    pub(super) fn check(&self, user: &[u8], password: &[u8]) -> bool {
-        let key = self.cache_key(user, password);
-        if self
-            .cache
+    /// Whether `key` passed before; takes the cache's lock for a lookup only.
+    fn cached(&self, key: &[u8; 32]) -> bool {
+        self.cache
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains(&key)
-        {
-            return true;
+            .contains(key)
+    }
+
+    /// The cache first, without waiting; then a bcrypt check if the bcrypt thread is free.
+    pub(super) async fn check(&self, user: &[u8], password: &[u8]) -> Verdict {
+        let key = self.cache_key(user, password);
+        if self.cached(&key) {
+            return Verdict::Passed;
         }
         let known = std::str::from_utf8(user)
             .ok()
             .and_then(|u| self.users.get(u));
         // An unknown user costs one bcrypt check too, against some user's hash, and fails.
-        let hash = known.unwrap_or_else(|| self.users.values().next().expect("users not empty"));
-        let matches = run_blocking(|| {
-            let _one_at_a_time = self.bcrypt.lock().unwrap_or_else(|e| e.into_inner());
-            bcrypt::verify(password, hash).unwrap_or(false)
-        });
-        let passed = matches && known.is_some();
-        if passed {
-            let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-            if cache.len() >= AUTH_CACHE_LIMIT {
-                cache.clear();
-            }
-            cache.insert(key);
+        let hash = known.unwrap_or(&self.decoy);
+        let Some(matches) = self.bcrypt.verify(password, hash).await else {
+            return Verdict::Busy;
+        };
+        if !(matches && known.is_some()) {
+            return Verdict::Refused;
         }
-        passed
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if cache.len() >= AUTH_CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(key);
+        Verdict::Passed
     }
 }
 
-/// Runs `f`, which blocks; on a multi-threaded tokio runtime the worker's other tasks move to
-/// another thread meanwhile.
-fn run_blocking<T>(f: impl FnOnce() -> T) -> T {
-    match tokio::runtime::Handle::try_current() {
-        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
-            tokio::task::block_in_place(f)
-        }
-        _ => f(),
+#[cfg(test)]
+impl BasicAuth {
+    /// Takes every bcrypt permit, as checks in progress would, until the result is dropped.
+    pub(super) fn occupy_bcrypt(&self) -> OwnedSemaphorePermit {
+        self.bcrypt
+            .permits
+            .clone()
+            .try_acquire_many_owned(BCRYPT_RUNS as u32)
+            .expect("no check is running")
+    }
+}
+
+/// A password to check against a hash, with the answer's way back.
+struct Job {
+    password: Vec<u8>,
+    hash: String,
+    /// Held until the check is done, even when the request that asked has gone.
+    permit: OwnedSemaphorePermit,
+    answer: oneshot::Sender<bool>,
+}
+
+/// The bcrypt thread, and the permits that bound the checks given to it.
+struct Bcrypt {
+    /// [`BCRYPT_RUNS`] permits: a check takes one before it is queued, so the queue never
+    /// holds more than that.
+    permits: Arc<Semaphore>,
+    jobs: SyncSender<Job>,
+}
+
+impl Bcrypt {
+    fn start() -> std::io::Result<Bcrypt> {
+        let (jobs, queue) = std::sync::mpsc::sync_channel(BCRYPT_RUNS);
+        std::thread::Builder::new()
+            .name("bcrypt".into())
+            .spawn(move || run_bcrypt(&queue))?;
+        Ok(Bcrypt {
+            permits: Arc::new(Semaphore::new(BCRYPT_RUNS)),
+            jobs,
+        })
+    }
+
+    /// Whether `password` matches `hash`; `None`, at once, when [`BCRYPT_RUNS`] checks are
+    /// already running or queued.
+    async fn verify(&self, password: &[u8], hash: &str) -> Option<bool> {
+        let permit = self.permits.clone().try_acquire_owned().ok()?;
+        let (answer, answered) = oneshot::channel();
+        let job = Job {
+            password: password.to_vec(),
+            hash: hash.to_string(),
+            permit,
+            answer,
+        };
+        // Never full (each queued job holds one of as many permits as the queue has room),
+        // and never disconnected while `self` lives (the thread ends when `jobs` is dropped).
+        self.jobs.try_send(job).ok()?;
+        // The thread always answers; should it be gone, the password is not taken as right.
+        Some(answered.await.unwrap_or(false))
+    }
+}
+
+/// The bcrypt thread's loop: one check at a time, until the sender is dropped.
+fn run_bcrypt(queue: &Receiver<Job>) {
+    for job in queue {
+        let matches = bcrypt::verify(&job.password, &job.hash).unwrap_or(false);
+        // Free the permit before answering: the client's next request finds bcrypt free.
+        drop(job.permit);
+        let _ = job.answer.send(matches);
     }
 }
 
@@ -185,7 +277,7 @@ fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Instant;
+    use std::time::{Duration, Instant};
 
     use hyper::header::HeaderValue;
 
@@ -301,6 +393,78 @@ mod tests {
             "an unknown user ({unknown:?}) is much faster than a wrong password ({known:?})"
         );
     }
+    #[tokio::test]
+    async fn beyond_the_bcrypt_bound_a_check_is_busy_at_once_while_cached_users_pass() {
+        let setup = Setup::new();
+        let config = setup.load(&users_file(4)).unwrap();
+        let auth = config.basic_auth.as_ref().unwrap();
+        let bob = basic("bob", "builder");
+        assert_eq!(config.authorize(Some(&bob)).await, Verdict::Passed);
+        let busy = auth.occupy_bcrypt();
+        for (user, password, verdict) in [
+            ("bob", "builder", Verdict::Passed),
+            ("alice", "wonderland", Verdict::Busy),
+            ("alice", "wrong", Verdict::Busy),
+            ("mallory", "x", Verdict::Busy),
+        ] {
+            let start = Instant::now();
+            let credentials = basic(user, password);
+            let check = config.authorize(Some(&credentials));
+            let got = tokio::time::timeout(Duration::from_secs(1), check).await;
+            assert_eq!(got.ok(), Some(verdict), "{user}:{password}");
+            assert!(
+                start.elapsed() < Duration::from_millis(100),
+                "{user}: at once"
+            );
+        }
+        // No credentials need no bcrypt: refused as before.
+        assert_eq!(config.authorize(None).await, Verdict::Refused);
+        assert!(
+            !auth.cached(&auth.cache_key(b"alice", b"wonderland")),
+            "a busy check caches nothing"
+        );
+        drop(busy);
+        assert_eq!(
+            config.authorize(Some(&basic("alice", "wonderland"))).await,
+            Verdict::Passed
+        );
+        assert_eq!(
+            config.authorize(Some(&basic("alice", "wrong"))).await,
+            Verdict::Refused
+        );
+    }
+
+    #[tokio::test]
+    async fn a_check_whose_request_is_gone_still_holds_the_bound_until_bcrypt_ends() {
+        let setup = Setup::new();
+        // Cost 8: one check takes far longer (tens of milliseconds) than the polls below.
+        let hash = bcrypt::hash("slow", 8).unwrap();
+        let config = setup
+            .load(&format!("basic_auth_users:\n  slow: {hash}\n"))
+            .unwrap();
+        let slow = basic("slow", "wrong");
+        let check = config.authorize(Some(&slow));
+        // Polled once: the check is queued for the bcrypt thread; then the request is gone.
+        let pending = tokio::time::timeout(Duration::from_millis(1), check).await;
+        assert!(pending.is_err(), "a cost-8 check does not end in 1 ms");
+        assert_eq!(config.authorize(Some(&slow)).await, Verdict::Busy);
+    }
+
+    #[test]
+    fn the_cache_is_emptied_when_full() {
+        let setup = Setup::new();
+        let config = setup.load(&users_file(4)).unwrap();
+        let auth = config.basic_auth.as_ref().unwrap();
+        auth.cache
+            .lock()
+            .unwrap()
+            .extend((0..AUTH_CACHE_LIMIT).map(|i| auth.cache_key(b"fake", &i.to_be_bytes())));
+        assert!(config.authorized(Some(&basic("alice", "wonderland"))));
+        let keys = auth.cache.lock().unwrap().clone();
+        assert_eq!(keys.len(), 1, "full: emptied, then the new key");
+        assert!(keys.contains(&auth.cache_key(b"alice", b"wonderland")));
+    }
+
     #[test]
     fn base64_decoding() {
         assert_eq!(decode_base64(b"YWxpY2U6cHc=").unwrap(), b"alice:pw");

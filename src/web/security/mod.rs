@@ -44,10 +44,14 @@
 //! - `http_server_config.headers` must be empty: port_exporter cannot add response headers.
 //! - A user name with a `:` is rejected: basic auth cannot carry it.
 //!
+//! Basic auth without `tls_server_config` works, but sends passwords in clear text (base64):
+//! loading such a file logs a warning.
+//!
 //! The parts: `tls` builds the TLS acceptor (and tells what each `client_auth_type` does),
-//! `basic_auth` checks credentials.
+//! `basic_auth` checks credentials, `headers` adds the security headers of every response.
 
 mod basic_auth;
+mod headers;
 #[cfg(test)]
 mod testing;
 mod tls;
@@ -59,7 +63,9 @@ use std::path::{Path, PathBuf};
 use hyper::header::HeaderValue;
 use serde::Deserialize;
 
+pub use basic_auth::Verdict;
 use basic_auth::{BasicAuth, Users, basic_credentials};
+pub(crate) use headers::{add_security_headers, add_status_page_headers};
 use tls::RawTls;
 
 /// A loaded web configuration.
@@ -96,6 +102,9 @@ pub enum WebConfigError {
     /// The fields do not fit together, or a certificate or key cannot be used.
     #[error("{path}: {message}")]
     Invalid { path: String, message: String },
+    /// The thread that runs bcrypt for `basic_auth_users` could not be started.
+    #[error("{path}: cannot start the bcrypt thread: {error}")]
+    Thread { path: String, error: std::io::Error },
 }
 
 impl WebConfig {
@@ -135,10 +144,21 @@ impl WebConfig {
             .transpose()
             .map_err(invalid)?;
         let users = raw.basic_auth_users.map(|u| u.0).unwrap_or_default();
-        Ok(WebConfig {
-            tls,
-            basic_auth: (!users.is_empty()).then(|| BasicAuth::new(users)),
-        })
+        if !users.is_empty() && tls.is_none() {
+            tracing::warn!(
+                web_config = origin,
+                "basic_auth_users without tls_server_config: passwords travel in clear text \
+                 over plain HTTP; add a tls_server_config or serve behind a TLS proxy"
+            );
+        }
+        let basic_auth = (!users.is_empty())
+            .then(|| BasicAuth::new(users))
+            .transpose()
+            .map_err(|error| WebConfigError::Thread {
+                path: origin.to_string(),
+                error,
+            })?;
+        Ok(WebConfig { tls, basic_auth })
     }
 
     /// The TLS acceptor, when the file has a `tls_server_config`.
@@ -151,16 +171,17 @@ impl WebConfig {
         self.basic_auth.is_some()
     }
 
-    /// Whether a request with this `Authorization` header may pass: always, when the file has
-    /// no `basic_auth_users`. May block for a bcrypt check (tens of milliseconds); on a
-    /// multi-threaded tokio runtime it moves the worker's other tasks elsewhere meanwhile.
-    pub fn authorized(&self, authorization: Option<&HeaderValue>) -> bool {
+    /// What a request with this `Authorization` header gets: always [`Verdict::Passed`] when
+    /// the file has no `basic_auth_users`. Credentials that passed before are answered at
+    /// once, from the cache; others wait for a bcrypt check (tens of milliseconds, on the
+    /// bcrypt thread), or get [`Verdict::Busy`] at once when that thread is taken.
+    pub async fn authorize(&self, authorization: Option<&HeaderValue>) -> Verdict {
         let Some(auth) = &self.basic_auth else {
-            return true;
+            return Verdict::Passed;
         };
         match authorization.and_then(|v| basic_credentials(v.as_bytes())) {
-            Some((user, password)) => auth.check(&user, &password),
-            None => false,
+            Some((user, password)) => auth.check(&user, &password).await,
+            None => Verdict::Refused,
         }
     }
 }
@@ -398,6 +419,49 @@ mod tests {
                 message.contains(expected),
                 "{text:?}\n  gave: {message}\n  expected: {expected}"
             );
+        }
+    }
+
+    /// A `Write` into a shared buffer, for the log lines of a test.
+    #[derive(Clone, Default)]
+    struct Captured(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// What loading `text` logs, at warn level and above.
+    fn warnings_of(setup: &Setup, text: &str) -> String {
+        let captured = Captured::default();
+        let writer = captured.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::WARN)
+            .with_writer(move || writer.clone())
+            .finish();
+        tracing::subscriber::with_default(subscriber, || setup.load(text).unwrap());
+        String::from_utf8(captured.0.lock().unwrap().clone()).unwrap()
+    }
+
+    #[test]
+    fn basic_auth_without_tls_warns_that_passwords_travel_in_clear_text() {
+        let setup = Setup::new();
+        let users = format!(
+            "basic_auth_users:\n  alice: {}\n",
+            bcrypt::hash("x", 4).unwrap()
+        );
+        let log = warnings_of(&setup, &users);
+        assert!(log.contains("WARN"), "{log}");
+        assert!(log.contains("passwords travel in clear text"), "{log}");
+        assert!(log.contains("web.yml"), "the file is named: {log}");
+        for quiet in [setup.tls(&users), setup.tls(""), String::new()] {
+            let log = warnings_of(&setup, &quiet);
+            assert!(log.is_empty(), "{quiet}: {log}");
         }
     }
 

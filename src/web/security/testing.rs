@@ -1,5 +1,6 @@
-//! Test fixtures of the web config: CAs that issue certificates, and a directory holding a
-//! server certificate and key, a client CA, and the web config file under test.
+//! Test fixtures of the web config: CAs that issue certificates, a directory holding a
+//! server certificate and key, a client CA, and the web config file under test, and a
+//! blocking form of the credentials check.
 
 use std::path::PathBuf;
 
@@ -8,7 +9,27 @@ use rcgen::{
     KeyUsagePurpose,
 };
 
-use super::{WebConfig, WebConfigError};
+use hyper::header::HeaderValue;
+
+use super::basic_auth::BasicAuth;
+use super::{Verdict, WebConfig, WebConfigError};
+
+impl WebConfig {
+    /// Whether [`WebConfig::authorize`] passes the header, run to its end on a runtime of its
+    /// own (the tests that call it are not async).
+    pub(super) fn authorized(&self, authorization: Option<&HeaderValue>) -> bool {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
+        runtime.block_on(self.authorize(authorization)) == Verdict::Passed
+    }
+
+    /// Takes every bcrypt permit, as checks in progress would, until the result is dropped;
+    /// `None` without `basic_auth_users`.
+    pub(crate) fn occupy_bcrypt(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.basic_auth.as_ref().map(BasicAuth::occupy_bcrypt)
+    }
+}
 
 /// A CA that issues server and client certificates.
 pub(super) struct Ca {
