@@ -679,3 +679,43 @@ fn connections_are_capped_and_idle_ones_closed_after_the_idle_timeout() {
     assert_no_exporter_panics();
     exporter.stop();
 }
+
+/// Regression: `--web.max-requests` let a request go as soon as its handler returned, so
+/// responses still being sent (to clients that do not read) were not counted and could pile up
+/// without bound. A response holds its slot until it is sent, or dropped by the write timeout.
+#[test]
+fn responses_being_sent_hold_their_request_slot() {
+    let exporter = start(
+        "[[targets]]\nhost = \"127.0.0.1\"\nports = [\"1-20000\"]\nexpect = \"open\"\ninterval = \"1h\"\ntimeout = \"500ms\"\n",
+        Options {
+            max_requests: 2,
+            timeouts: port_exporter::web::Timeouts {
+                write: Duration::from_secs(2),
+                idle: Duration::from_secs(60),
+            },
+            ..Options::default()
+        },
+    );
+    let addr = exporter.addr;
+    // Two clients ask for 20 MB of metrics and do not read.
+    let mut stalled: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(800));
+    let response = get(addr, "/-/healthy");
+    assert_eq!(response.status, 503, "{}", response.text());
+    // The write timeout (2 s, looked at every 0.5 s) drops them, and their slots come back.
+    std::thread::sleep(Duration::from_secs(3));
+    for stream in &mut stalled {
+        assert!(closed_within(stream, Duration::from_secs(6)).is_some());
+    }
+    assert_healthy(addr);
+    assert_no_exporter_panics();
+    exporter.stop();
+}

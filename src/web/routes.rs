@@ -137,7 +137,9 @@ async fn answer<P: Probe + Clone, B>(web: &Web<P>, request: Request<B>) -> Respo
         }
     }
     // Over the cap, answer at once instead of queueing: a scraper retries, a pile-up does not.
-    let _permit = match &web.request_slots {
+    // The slot is the response's until it is sent: a response still being sent (to a client
+    // that reads slowly) is a request in flight too.
+    let slot = match &web.request_slots {
         Some(slots) => match slots.clone().try_acquire_owned() {
             Ok(permit) => Some(permit),
             Err(_) => {
@@ -161,7 +163,7 @@ async fn answer<P: Probe + Clone, B>(web: &Web<P>, request: Request<B>) -> Respo
             return response;
         }
     };
-    match endpoint {
+    let response = match endpoint {
         Endpoint::Metrics => metrics(web, &request).await,
         Endpoint::Status => status_page(web, &request),
         Endpoint::Probe => probe(web, &request).await,
@@ -179,6 +181,10 @@ async fn answer<P: Probe + Clone, B>(web: &Web<P>, request: Request<B>) -> Respo
             StatusCode::SERVICE_UNAVAILABLE,
             "port_exporter is not ready: the first round of probes is still running.\n",
         ),
+    };
+    match slot {
+        Some(slot) => response.map(|body| body.holding(slot)),
+        None => response,
     }
 }
 
