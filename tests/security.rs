@@ -242,25 +242,6 @@ fn probe_refuses_names_resolving_outside_the_allow_list_and_every_spelling_of_a_
 // ---------------------------------------------------------------------------------------------
 // Basic auth on the endpoints that act
 
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, &b)| n | u32::from(b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn basic_auth_guards_probe_config_and_reload_and_a_refused_request_does_nothing() {
     let bait = TcpListener::bind("127.0.0.2:0").unwrap();
@@ -290,21 +271,21 @@ fn basic_auth_guards_probe_config_and_reload_and_a_refused_request_does_nothing(
     let second = format!("{first}# reloaded\n");
     std::fs::write(&config_path, &second).unwrap();
 
-    let right = format!("Basic {}", base64(b"alice:wonderland"));
-    let huge = format!("Basic {}", base64(&vec![b'a'; 40_000]));
+    let right = format!("Basic {}", common::base64(b"alice:wonderland"));
+    let huge = format!("Basic {}", common::base64(&vec![b'a'; 40_000]));
     let wrong_credentials = [
         None,
-        Some(format!("Basic {}", base64(b"alice:alice"))),
-        Some(format!("Basic {}", base64(b"mallory:wonderland"))),
-        Some(format!("Basic {}", base64(b"alice:"))),
-        Some(format!("Basic {}", base64(b"alice"))),
-        Some(format!("Basic {}", base64(b":wonderland"))),
-        Some(format!("Basic {}", base64(b"alice:wonderland\0"))),
-        Some(format!("Basic {}", base64(b"ALICE:wonderland"))),
+        Some(format!("Basic {}", common::base64(b"alice:alice"))),
+        Some(format!("Basic {}", common::base64(b"mallory:wonderland"))),
+        Some(format!("Basic {}", common::base64(b"alice:"))),
+        Some(format!("Basic {}", common::base64(b"alice"))),
+        Some(format!("Basic {}", common::base64(b":wonderland"))),
+        Some(format!("Basic {}", common::base64(b"alice:wonderland\0"))),
+        Some(format!("Basic {}", common::base64(b"ALICE:wonderland"))),
         Some("Basic".to_string()),
         Some("Basic !!!!".to_string()),
-        Some(format!("Bearer {}", base64(b"alice:wonderland"))),
-        Some(format!("Digest {}", base64(b"alice:wonderland"))),
+        Some(format!("Bearer {}", common::base64(b"alice:wonderland"))),
+        Some(format!("Digest {}", common::base64(b"alice:wonderland"))),
         Some(huge),
     ];
     let probe_path = format!("/probe?target=127.0.0.2:{bait_port}");

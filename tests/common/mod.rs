@@ -370,3 +370,9 @@ pub fn start_binary_behind(
     std::thread::spawn(move || for _ in reader.lines() {});
     (child, addr, lines)
 }
+
+/// `bytes` in standard base64 with padding, as a `Basic` credential carries them.
+pub fn base64(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
+}
