@@ -142,7 +142,7 @@ pub async fn run(
         metrics: telemetry.probes.clone(),
         max_in_flight: options.max_in_flight,
         max_per_second: options.max_per_second,
-        resolver: resolver.clone(),
+        resolver,
     };
     let scheduler = Scheduler::start(parts, &config, ready_tx, &tracker, &shutdown);
     let reloader = Arc::new(Reloader::new(
@@ -159,7 +159,7 @@ pub async fn run(
         table,
         reloader,
         probe: TcpProbe,
-        resolver,
+        on_demand: web::probe::OnDemand::new(telemetry.probes.dns_lookups_in_flight.clone()),
         web_config: options.web_config,
         ready,
         telemetry_path: options.telemetry_path,

@@ -1,6 +1,7 @@
 //! The binary under faults it must survive without lying: out of file descriptors, a resolver
-//! that never answers, SIGTERM in the middle of a full round, the wall clock jumping, and a
-//! prober host that refuses to send (no route, a `prohibit` route).
+//! that never answers, SIGTERM in the middle of a full round, the wall clock jumping, a prober
+//! host that refuses to send (no route, a `prohibit` route), and `/probe` under a flood, a dead
+//! or slow resolver.
 //!
 //! A listener whose accept backlog is full (a silent port) is covered by tests/exporter.rs
 //! (`ready_waits_for_the_first_round_and_silence_is_filtered`).
@@ -947,6 +948,368 @@ fn rounds_keep_their_interval_when_the_wall_clock_jumps_a_day_back_and_forth() {
         assert!(
             (9.0..=15.0).contains(&counted),
             "{offset}: {counted} probes in 4 s (steady: {steady})"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// /probe beside the schedule: lookups, connects and a budget of its own
+
+/// Appends `lines` to the namespace's hosts file.
+fn add_hosts(ns: &Netns, lines: &str) {
+    let hosts = Path::new("/etc/netns").join(ns_name(ns)).join("hosts");
+    let mut text = std::fs::read_to_string(&hosts).unwrap();
+    text.push_str(lines);
+    std::fs::write(&hosts, text).unwrap();
+}
+
+fn wait_ns_ready(ns: &Netns, dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while ns
+        .try_get(EXPORTER_ADDR, "/-/ready")
+        .map_or(true, |r| r.status != 200)
+    {
+        let log = std::fs::read_to_string(dir.join("exporter.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "not ready; log:\n{log}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Regression: with a resolver that does not answer, 100 clients asking `/probe` for names that
+/// do not resolve took the scheduler's 32 lookup slots, and a map entry and a waiting task per
+/// name: a configured target whose name is in the hosts file turned error/dns within 5 s and
+/// stayed there, and `port_exporter_dns_lookups_in_flight` sat at 101. `/probe` now has
+/// lookups of its own (4 at once, 16 names), and a name beyond them is answered 503 at once.
+#[test]
+fn a_flood_of_probes_of_names_that_never_resolve_leaves_the_configured_lookups_alone() {
+    const CLIENTS: usize = 100;
+    const WINDOW: Duration = Duration::from_secs(20);
+    /// Each client's requests: at most this many, and none after the window (plus a budget).
+    const MAX_PER_CLIENT: usize = 150;
+    /// `/probe`'s bound on the names it looks up at once (`web::probe::PROBE_LOOKUP_NAMES`).
+    const PROBE_NAMES: f64 = 16.0;
+    /// `/probe`'s getaddrinfo calls at once (`web::probe::PROBE_LOOKUPS`).
+    const PROBE_LOOKUPS: usize = 4;
+    if !root_and(&["ip"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, resolver, _listening, mut text) = dead_resolver_lab(0);
+    // dual.lab is in the namespace's hosts file (127.0.0.1 and ::1), where the open port is.
+    text.push_str(
+        "[[targets]]\nname = \"hosts\"\nhost = \"dual.lab\"\nports = [9100]\ninterval = \"1s\"\ntimeout = \"300ms\"\nretries = 0\n[probe]\nallow = [\"127.0.0.0/8\"]\n",
+    );
+    let child = start_in(&ns, dir.path(), &text, &[]);
+    let pid = child.pid();
+    wait_ns_ready(&ns, dir.path());
+    // Every series set of the configured target, as "ip state (reason)", sorted.
+    let hosts_state = |samples: &[Sample]| -> Vec<String> {
+        let mut states: Vec<String> = find(samples, "port_state", &[("target", "hosts")])
+            .into_iter()
+            .filter(|s| s.value == 1.0)
+            .map(|s| {
+                let ip = s.labels["ip"].as_str();
+                let labels = [("target", "hosts"), ("ip", ip)];
+                let reason = find(samples, "port_state_reason", &labels)
+                    .first()
+                    .map_or("?".to_string(), |r| r.labels["reason"].clone());
+                format!("{ip} {} ({reason})", s.labels["state"])
+            })
+            .collect();
+        states.sort();
+        states
+    };
+    let open = ["127.0.0.1 open (syn-ack)", "::1 open (syn-ack)"];
+    assert_eq!(hosts_state(&ns_scrape(&ns).unwrap()), open);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers: Arc<Mutex<Vec<(u16, Duration, String)>>> = Arc::default();
+    let flood_started = Instant::now();
+    let mut seen: Vec<(Duration, Vec<String>)> = Vec::new();
+    let (mut max_in_flight, mut max_blocked) = (0.0f64, 0);
+    std::thread::scope(|scope| {
+        for client in 0..CLIENTS {
+            let (ns, stop, answers) = (&ns, stop.clone(), answers.clone());
+            scope.spawn(move || {
+                ns.enter(move || {
+                    let addr: SocketAddr = EXPORTER_ADDR.parse().unwrap();
+                    for k in 0..MAX_PER_CLIENT {
+                        if stop.load(Ordering::Relaxed) || flood_started.elapsed() > WINDOW {
+                            break;
+                        }
+                        let path = format!("/probe?target=n{client}-{k}.example:80");
+                        let sent = Instant::now();
+                        let answer = match try_http(addr, "GET", &path, &[]) {
+                            Ok(response) => (response.status, sent.elapsed(), response.text()),
+                            Err(error) => (0, sent.elapsed(), error.to_string()),
+                        };
+                        let quick = answer.1 < Duration::from_millis(500);
+                        answers.lock().unwrap().push(answer);
+                        // A quick answer: pause, so that the flood is 100 clients, not a spin.
+                        if quick {
+                            std::thread::sleep(Duration::from_millis(200));
+                        }
+                    }
+                });
+            });
+        }
+        while flood_started.elapsed() < WINDOW {
+            if let Some(samples) = ns_scrape(&ns) {
+                seen.push((flood_started.elapsed(), hosts_state(&samples)));
+                let in_flight = value(&samples, "port_exporter_dns_lookups_in_flight", &[]);
+                max_in_flight = max_in_flight.max(in_flight);
+            }
+            if let Some(blocked) = threads_waiting_for_the_resolver(pid) {
+                max_blocked = max_blocked.max(blocked);
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    let answers = answers.lock().unwrap().clone();
+    let count = |status: u16| answers.iter().filter(|a| a.0 == status).count();
+    let (refused, busy) = (count(403), count(503));
+    let slowest_503 = answers
+        .iter()
+        .filter(|a| a.0 == 503)
+        .map(|a| a.1)
+        .max()
+        .unwrap_or_default();
+    let not_open = seen.iter().filter(|(_, states)| states != &open).count();
+    println!(
+        "{} /probe requests from {CLIENTS} clients in {WINDOW:?}: {refused} x 403, {busy} x 503 \
+         (the slowest after {slowest_503:?}); the configured target not open in {not_open} of \
+         {} scrapes; lookups in flight <= {max_in_flight}, threads in poll() <= {max_blocked}; \
+         {} queries to the dead resolver",
+        answers.len(),
+        seen.len(),
+        resolver.queries.load(Ordering::Relaxed)
+    );
+    // The configured target, whose name is in the hosts file, stays open throughout.
+    assert!(seen.len() >= 40, "{} scrapes in {WINDOW:?}", seen.len());
+    if let Some((at, states)) = seen.iter().find(|(_, states)| states != &open) {
+        panic!("the configured target turned {states:?} {at:?} into the flood");
+    }
+    assert!(
+        max_in_flight <= PROBE_NAMES + 1.0,
+        "{max_in_flight} lookups in flight"
+    );
+    // The /probe lookups that block in getaddrinfo; the configured name needs no DNS. (One more
+    // for a probe's own zero-timeout poll() caught in passing.)
+    if threads_waiting_for_the_resolver(pid).is_some() {
+        assert!(
+            max_blocked <= PROBE_LOOKUPS + 1,
+            "{max_blocked} threads waited for the resolver"
+        );
+    }
+    // Every request is answered: 403 once its name did not resolve within its budget, or 503
+    // at once when /probe has no room for another name.
+    for (status, took, body) in &answers {
+        match status {
+            403 => assert!(body.contains("is not allowed"), "{body}"),
+            503 => {
+                assert!(body.contains("try again"), "{body}");
+                assert!(*took < Duration::from_millis(500), "503 after {took:?}");
+            }
+            _ => panic!("{status} after {took:?}: {body}"),
+        }
+    }
+    assert!(busy > 0, "no request was turned away");
+    assert!(
+        resolver.queries.load(Ordering::Relaxed) > 0,
+        "the lookups never reached the dead resolver"
+    );
+    drop(child);
+}
+
+/// Regression: a 403 told what a name resolves to ("target secret.lab is not allowed: 127.0.0.5
+/// outside the allow list"), and a name that does not resolve got another answer ("it does not
+/// resolve"). A refusal now names the target as given and says it is not allowed, no more: the
+/// same answer whatever the name resolves to, or whether it resolves, with `debug=true` too.
+#[test]
+fn probe_refusals_say_not_allowed_and_nothing_of_what_the_name_resolves_to() {
+    if !root_and(&["ip"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (ns, _resolver, _listening, mut text) = dead_resolver_lab(0);
+    add_hosts(
+        &ns,
+        "127.0.0.5 secret.lab\n127.0.0.1 mixed.lab\n127.0.0.6 mixed.lab\n127.0.0.1 single.lab\n",
+    );
+    text.push_str("[probe]\nallow = [\"127.0.0.1/32\"]\n");
+    let _child = start_in(&ns, dir.path(), &text, &[]);
+    wait_ns_ready(&ns, dir.path());
+    // The control: a name inside the allow list is probed.
+    let allowed = ns.get(EXPORTER_ADDR, "/probe?target=single.lab:9100");
+    assert_eq!(allowed.status, 200, "{}", allowed.text());
+    assert!(
+        allowed.text().contains("state=\"open\"} 1"),
+        "{}",
+        allowed.text()
+    );
+    // Outside, partly outside, and (the dead resolver) not resolving within the budget.
+    for target in [
+        "secret.lab:80",
+        "mixed.lab:80",
+        "dual.lab:80",
+        "never.example:80",
+    ] {
+        for debug in ["", "&debug=true"] {
+            let response = ns.get(EXPORTER_ADDR, &format!("/probe?target={target}{debug}"));
+            assert_eq!(response.status, 403, "{target}{debug}: {}", response.text());
+            assert_eq!(
+                response.text(),
+                format!("target {target} is not allowed\n"),
+                "{target}{debug}"
+            );
+        }
+    }
+}
+
+/// A DNS server on 127.0.0.53 inside the namespace that answers every query after `delay`: A
+/// queries with `ip`, others with no records.
+struct SlowResolver {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl SlowResolver {
+    fn start(ns: &Netns, delay: Duration, ip: std::net::Ipv4Addr) -> SlowResolver {
+        let socket = ns.enter(|| UdpSocket::bind("127.0.0.53:53").expect("bind 127.0.0.53:53"));
+        socket
+            .set_read_timeout(Some(Duration::from_millis(5)))
+            .unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        let done = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let mut pending: Vec<(Instant, Vec<u8>, SocketAddr)> = Vec::new();
+            let mut buf = [0u8; 2048];
+            while !done.load(Ordering::Relaxed) {
+                if let Ok((n, peer)) = socket.recv_from(&mut buf)
+                    && let Some(reply) = dns_reply(&buf[..n], ip)
+                {
+                    pending.push((Instant::now() + delay, reply, peer));
+                }
+                let now = Instant::now();
+                pending.retain(|(due, reply, peer)| {
+                    if *due > now {
+                        return true;
+                    }
+                    let _ = socket.send_to(reply, peer);
+                    false
+                });
+            }
+        });
+        SlowResolver {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for SlowResolver {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The answer to a DNS query: the question copied, and for an A query one record with `ip`.
+fn dns_reply(query: &[u8], ip: std::net::Ipv4Addr) -> Option<Vec<u8>> {
+    let mut end = 12;
+    while *query.get(end)? != 0 {
+        end += 1 + usize::from(query[end]);
+    }
+    let question_end = end + 5; // the root label, type, class
+    let qtype = u16::from_be_bytes([*query.get(end + 1)?, *query.get(end + 2)?]);
+    let a = qtype == 1;
+    let mut reply = query.get(..2)?.to_vec(); // the id
+    // A response, recursion desired and available, no error; one question, 0 or 1 answers.
+    reply.extend_from_slice(&[0x81, 0x80, 0, 1, 0, u8::from(a), 0, 0, 0, 0]);
+    reply.extend_from_slice(query.get(12..question_end)?);
+    if a {
+        // The name by pointer to the question, A, IN, TTL 60, 4 bytes.
+        reply.extend_from_slice(&[0xc0, 0x0c, 0, 1, 0, 1, 0, 0, 0, 60, 0, 4]);
+        reply.extend_from_slice(&ip.octets());
+    }
+    Some(reply)
+}
+
+/// Regression: the lookup was not taken off the connects' budget, so one request could take
+/// twice its budget: with a lookup of 1.5 s and a scrape timeout of 3 s (budget 2.5 s), the
+/// connects to a silent port still got 2 x 1 s and the answer came after 3.5 s, when
+/// Prometheus had given up. The budget now covers the lookup and the connects together.
+#[test]
+fn the_probe_budget_covers_the_lookup_and_the_connects_together() {
+    if !root_and(&["ip", "iptables"]) {
+        return;
+    }
+    const LOOKUP: Duration = Duration::from_millis(1500);
+    let dir = tempfile::tempdir().unwrap();
+    let ns = Netns::create("slowdns");
+    std::fs::write(
+        Path::new("/etc/netns")
+            .join(ns_name(&ns))
+            .join("resolv.conf"),
+        "nameserver 127.0.0.53\noptions timeout:5 attempts:1\n",
+    )
+    .unwrap();
+    let _resolver = SlowResolver::start(&ns, LOOKUP, "127.0.0.7".parse().unwrap());
+    // 127.0.0.7:81 is silent: its SYNs are dropped.
+    ns.run(&[
+        "iptables",
+        "-A",
+        "INPUT",
+        "-p",
+        "tcp",
+        "-d",
+        "127.0.0.7",
+        "--dport",
+        "81",
+        "-j",
+        "DROP",
+    ]);
+    let _child = start_in(
+        &ns,
+        dir.path(),
+        "[defaults]\ntimeout = \"1s\"\nretries = 1\n[probe]\nallow = [\"127.0.0.0/8\"]\n",
+        &[],
+    );
+    wait_ns_ready(&ns, dir.path());
+    // With the header, the budget is 3 s less 0.5 s; without, the config's 2 x 1 s.
+    for (name, header, budget) in [
+        ("slow1.lab", Some("3"), Duration::from_millis(2500)),
+        ("slow2.lab", None, Duration::from_secs(2)),
+    ] {
+        let headers: Vec<(&str, &str)> = header
+            .map(|h| ("X-Prometheus-Scrape-Timeout-Seconds", h))
+            .into_iter()
+            .collect();
+        let path = format!("/probe?target={name}:81");
+        let sent = Instant::now();
+        let response = ns.enter(move || {
+            try_http(EXPORTER_ADDR.parse().unwrap(), "GET", &path, &headers).unwrap()
+        });
+        let took = sent.elapsed();
+        let text = response.text();
+        println!("{name} with scrape timeout {header:?}: answered after {took:?}");
+        assert_eq!(response.status, 200, "{text}");
+        let samples = parse_samples(&text);
+        assert_eq!(state_of(&samples, &[("ip", "127.0.0.7")]), "filtered");
+        let lookup = value(&samples, "probe_dns_lookup_time_seconds", &[]);
+        assert!(lookup >= LOOKUP.as_secs_f64() - 0.05, "lookup {lookup} s");
+        let duration = value(&samples, "probe_duration_seconds", &[]);
+        assert!(
+            duration <= budget.as_secs_f64() + 0.05,
+            "probe_duration_seconds {duration} for a budget of {budget:?}"
+        );
+        assert!(
+            took >= budget - Duration::from_millis(100)
+                && took < budget + Duration::from_millis(300),
+            "{name}: answered after {took:?} for a budget of {budget:?}"
         );
     }
 }

@@ -31,7 +31,6 @@ use tokio_util::sync::CancellationToken;
 use crate::exposition::Metrics;
 use crate::probe::Probe;
 use crate::reload::Reloader;
-use crate::schedule::resolve::Resolver;
 use crate::state::StateTable;
 use crate::web::security::WebConfig;
 pub use connection::Timeouts;
@@ -53,8 +52,8 @@ pub struct Web<P> {
     /// How `/probe` probes: the scheduler's probe, [`TcpProbe`](crate::probe::TcpProbe), in
     /// the exporter.
     pub probe: P,
-    /// Name lookups for `/probe`, shared with the scheduler.
-    pub resolver: Arc<Resolver>,
+    /// `/probe`'s own lookups and connect slots, apart from the scheduler's.
+    pub on_demand: probe::OnDemand,
     /// TLS and basic auth (`--web.config.file`); `None` serves plain HTTP to everyone.
     pub web_config: Option<WebConfig>,
     pub ready: watch::Receiver<bool>,

@@ -4,13 +4,25 @@
 //!
 //! An open `/probe` would let anyone make the exporter connect anywhere (an SSRF relay), so it
 //! only connects to what the config's `[probe] allow` list names, checked against the very
-//! addresses it then connects to.
+//! addresses it then connects to. A refusal names the target as given and says it is not
+//! allowed, never what the name resolves to (nor whether it does).
+//!
+//! `/probe` is kept apart from the schedule: it has a resolver of its own ([`PROBE_LOOKUPS`]
+//! getaddrinfo calls and [`PROBE_LOOKUP_NAMES`] names at once, beside the scheduler's 32) and
+//! its own cap on connects in flight across requests ([`PROBE_CONNECTS`]), so that a flood of
+//! requests can neither take the configured targets' lookups nor open more sockets than that.
+//! Each request has one deadline, from the scrape timeout (at most [`MAX_SCRAPE_TIMEOUT`]) or
+//! the config, for its lookup, its wait for connect slots and its connects together. What does
+//! not fit is answered 503: at once when the names are taken, at the deadline when no connect
+//! slot came free.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
+use prometheus::IntGauge;
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
@@ -23,12 +35,60 @@ use crate::exposition::text::{
     PROBE_DURATION, PROBE_SUCCESS, STATE_SUFFIXES, push_label, push_line,
 };
 use crate::probe::{Outcome, Probe};
-use crate::schedule::resolve::Resolver;
+use crate::schedule::resolve::{Limits, LookupError, Resolver};
 
 /// Taken off Prometheus' scrape timeout so the answer arrives before it gives up.
 const SCRAPE_TIMEOUT_OFFSET: Duration = Duration::from_millis(500);
+/// The longest scrape timeout taken from `X-Prometheus-Scrape-Timeout-Seconds`; a longer one
+/// counts as this. It bounds how long one request (its lookup included) can last; Prometheus'
+/// scrape timeouts are seconds (10 s by default).
+pub const MAX_SCRAPE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The least time a probe is given, whatever the scrape timeout says.
 const MIN_BUDGET: Duration = Duration::from_millis(100);
+/// The least time left for an address's connects when they start: with less (after a slow
+/// lookup, or a long wait for a connect slot) the request is answered 503 rather than a port
+/// called filtered for want of time.
+const MIN_CONNECT_TIME: Duration = Duration::from_millis(50);
+/// The most getaddrinfo calls `/probe` runs at once, beside the scheduler's.
+pub const PROBE_LOOKUPS: usize = 4;
+/// The most names `/probe` looks up at once (running, or waiting for one of its calls); a
+/// request for another name is answered 503 at once.
+pub const PROBE_LOOKUP_NAMES: usize = 16;
+/// The most connects `/probe` has in flight at once, across requests; an address waits for a
+/// free one within its request's deadline.
+pub const PROBE_CONNECTS: usize = 16;
+
+/// What `/probe` has of its own, apart from the scheduler: a resolver and connect slots.
+pub struct OnDemand {
+    resolver: Arc<Resolver>,
+    connects: Arc<Semaphore>,
+}
+
+impl OnDemand {
+    /// `/probe`'s resolver and slots; its lookups count in `dns_lookups_in_flight` with the
+    /// scheduler's.
+    pub fn new(dns_lookups_in_flight: IntGauge) -> OnDemand {
+        let limits = Limits {
+            lookups: PROBE_LOOKUPS,
+            names: PROBE_LOOKUP_NAMES,
+        };
+        OnDemand {
+            resolver: Arc::new(Resolver::with_limits(limits, dns_lookups_in_flight)),
+            connects: Arc::new(Semaphore::new(PROBE_CONNECTS)),
+        }
+    }
+}
+
+/// The scrape timeout an `X-Prometheus-Scrape-Timeout-Seconds` value gives: its seconds, at
+/// most [`MAX_SCRAPE_TIMEOUT`]. Anything but a positive finite number of seconds (not a
+/// number, NaN, an infinity, zero or less) gives `None`: the config's budget applies.
+pub fn scrape_timeout(value: &str) -> Option<Duration> {
+    let seconds = value.trim().parse::<f64>().ok().filter(|s| s.is_finite())?;
+    let seconds = seconds.min(MAX_SCRAPE_TIMEOUT.as_secs_f64());
+    Duration::try_from_secs_f64(seconds)
+        .ok()
+        .filter(|d| !d.is_zero())
+}
 
 /// A parsed `/probe` request.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -50,6 +110,10 @@ pub enum Refusal {
     /// The target is outside the allow list: 403. Nothing was connected to.
     #[error("{0}")]
     Forbidden(String),
+    /// `/probe` has no room for the request within its budget (its names or connect slots
+    /// are taken, or the lookup left too little time): 503, to try again.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl ProbeRequest {
@@ -121,6 +185,15 @@ impl ProbeRequest {
             debug,
         })
     }
+
+    /// The target as the caller gave it: `host:port`, an IPv6 address in brackets.
+    pub fn target(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
 }
 
 /// What one `/probe` found.
@@ -133,11 +206,19 @@ pub struct ProbeReport {
     trace: String,
 }
 
-/// Checks `request` against the allow list, resolves, and probes every address; the budget is
-/// the scrape timeout (less an offset) when Prometheus sends one.
+/// One address probed: what it found, with the attempts' timeout and the wait for a slot.
+struct Connected {
+    outcome: Outcome,
+    timeout: Duration,
+    waited: Duration,
+}
+
+/// Checks `request` against the allow list, resolves, and probes every address, all within
+/// one budget: the scrape timeout (at most [`MAX_SCRAPE_TIMEOUT`], less an offset) when
+/// Prometheus sends one, else the config's `timeout x (retries + 1)`.
 pub async fn probe<P: Probe + Clone>(
     prober: &P,
-    resolver: &Arc<Resolver>,
+    on_demand: &OnDemand,
     config: &Config,
     request: ProbeRequest,
     scrape_timeout: Option<Duration>,
@@ -155,11 +236,12 @@ pub async fn probe<P: Probe + Clone>(
     let budget = scrape_timeout
         .map(|t| t.saturating_sub(SCRAPE_TIMEOUT_OFFSET).max(MIN_BUDGET))
         .unwrap_or(configured.budget());
-    let timeout = configured.timeout.min(budget / attempts);
+    let deadline = started + budget;
+    let target = request.target();
     let _ = writeln!(
         trace,
-        "probing {}:{} (timeout {timeout:?} x {attempts} attempts, budget {budget:?})",
-        request.host, request.port
+        "probing {target}: budget {budget:?} for the lookup and the connects, {attempts} attempts of at most {:?}",
+        configured.timeout
     );
 
     let name_allowed = allow.allows_name(&request.host);
@@ -167,8 +249,14 @@ pub async fn probe<P: Probe + Clone>(
         Ok(ip) => (vec![ip], None),
         Err(_) => {
             let lookup_started = Instant::now();
-            let resolved = match resolver.resolve(&request.host, budget).await {
+            let left = deadline.saturating_duration_since(lookup_started);
+            let resolved = match on_demand.resolver.resolve(&request.host, left).await {
                 Ok(ips) => ips,
+                Err(LookupError::Busy(_)) => {
+                    return Err(Refusal::Unavailable(format!(
+                        "/probe is looking up {PROBE_LOOKUP_NAMES} names already, the most at once: try again later"
+                    )));
+                }
                 Err(error) => {
                     let _ = writeln!(trace, "lookup failed: {error}");
                     Vec::new()
@@ -179,52 +267,83 @@ pub async fn probe<P: Probe + Clone>(
             (resolved, Some(took))
         }
     };
-    // The addresses checked are the ones connected to: no second lookup to rebind.
+    // The addresses checked are the ones connected to: no second lookup to rebind. The refusal
+    // is the same whatever the addresses are, and whether there are any.
     if name_allowed {
         let _ = writeln!(trace, "allowed: the name matches the allow list");
+    } else if addresses.is_empty() || !addresses.iter().all(|ip| allow.allows_address(*ip)) {
+        return Err(Refusal::Forbidden(format!(
+            "target {target} is not allowed"
+        )));
     } else {
-        let outside: Vec<String> = addresses
-            .iter()
-            .filter(|ip| !allow.allows_address(**ip))
-            .map(IpAddr::to_string)
-            .collect();
-        if addresses.is_empty() || !outside.is_empty() {
-            let why = if addresses.is_empty() {
-                "it does not resolve".to_string()
-            } else {
-                format!("{} outside the allow list", outside.join(", "))
-            };
-            return Err(Refusal::Forbidden(format!(
-                "target {} is not allowed: {why}",
-                request.host
-            )));
-        }
         let _ = writeln!(trace, "allowed: every address is in the allow list");
     }
 
+    let left = deadline.saturating_duration_since(Instant::now());
+    if !addresses.is_empty() && left < MIN_CONNECT_TIME {
+        return Err(Refusal::Unavailable(format!(
+            "the lookup of {target} left {left:?} of the budget of {budget:?}, too little to connect: try again later"
+        )));
+    }
+    // Connect slots are waited for while enough of the budget is left to use one.
+    let slots_until = deadline.checked_sub(MIN_CONNECT_TIME).unwrap_or(deadline);
     let mut probes = JoinSet::new();
     for &ip in &addresses {
         let addr = SocketAddr::new(ip, request.port);
         let prober = prober.clone();
-        let attempts = Attempts {
-            timeout,
-            ..configured
-        };
-        probes.spawn(async move { (ip, prober.probe(addr, attempts).await) });
+        let connects = on_demand.connects.clone();
+        probes.spawn(async move {
+            let waiting = Instant::now();
+            let slot = tokio::time::timeout_at(slots_until, connects.acquire_owned()).await;
+            let Ok(Ok(_slot)) = slot else {
+                return (ip, None);
+            };
+            let waited = waiting.elapsed();
+            let left = deadline.saturating_duration_since(Instant::now());
+            let timeout = configured.timeout.min(left / attempts);
+            let attempts = Attempts {
+                timeout,
+                ..configured
+            };
+            let outcome = prober.probe(addr, attempts).await;
+            let connected = Connected {
+                outcome,
+                timeout,
+                waited,
+            };
+            (ip, Some(connected))
+        });
     }
     let mut outcomes = Vec::with_capacity(addresses.len());
     while let Some(joined) = probes.join_next().await {
-        if let Ok((ip, outcome)) = joined {
-            let _ = writeln!(
-                trace,
-                "{ip} port {}: {} ({}) connect {:?}",
-                request.port,
-                outcome.state.as_str(),
-                outcome.reason.as_str(),
-                outcome.connect
-            );
-            outcomes.push((ip, outcome));
+        let Ok((ip, connected)) = joined else {
+            continue;
+        };
+        let Some(Connected {
+            outcome,
+            timeout,
+            waited,
+        }) = connected
+        else {
+            // Dropping `probes` stops the other addresses' connects.
+            return Err(Refusal::Unavailable(format!(
+                "/probe had no connect slot free for {target} within its budget of {budget:?} \
+                 (at most {PROBE_CONNECTS} connects at once across requests): try again later"
+            )));
+        };
+        let _ = write!(
+            trace,
+            "{ip} port {}: {} ({}) connect {:?}; attempts of at most {timeout:?}",
+            request.port,
+            outcome.state.as_str(),
+            outcome.reason.as_str(),
+            outcome.connect
+        );
+        if waited >= Duration::from_millis(1) {
+            let _ = write!(trace, ", after {waited:?} waiting for a connect slot");
         }
+        trace.push('\n');
+        outcomes.push((ip, outcome));
     }
     outcomes.sort_by_key(|(ip, _)| *ip);
     Ok(ProbeReport {
@@ -326,7 +445,11 @@ impl ProbeReport {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::SystemTime;
+
     use super::*;
+    use crate::domain::Reason;
 
     fn parse(query: &[(&str, &str)]) -> Result<ProbeRequest, Refusal> {
         let params: Vec<(String, String)> = query
@@ -470,5 +593,171 @@ mod tests {
             "{probe}"
         );
         assert!(probe.ends_with("\nprobe_success 1\n"), "{probe}");
+    }
+
+    #[test]
+    fn scrape_timeouts_have_a_ceiling_and_anything_but_positive_seconds_is_ignored() {
+        let seconds = |s: f64| Some(Duration::from_secs_f64(s));
+        for (value, expected) in [
+            ("10", seconds(10.0)),
+            (" 1.5 ", seconds(1.5)),
+            ("60", seconds(60.0)),
+            ("60.001", seconds(60.0)),
+            ("86400", seconds(60.0)),
+            ("1e300", seconds(60.0)),
+            ("0", None),
+            ("-0", None),
+            ("-1", None),
+            ("1e-300", None),
+            ("NaN", None),
+            ("inf", None),
+            ("-inf", None),
+            ("ten", None),
+            ("", None),
+        ] {
+            assert_eq!(scrape_timeout(value), expected, "{value:?}");
+        }
+    }
+
+    /// A probe of a silent port: it takes every attempt's timeout, and counts how many run.
+    #[derive(Clone, Default)]
+    struct SilentProbe {
+        in_flight: Arc<AtomicUsize>,
+        most: Arc<AtomicUsize>,
+    }
+
+    impl Probe for SilentProbe {
+        async fn probe(&self, _addr: SocketAddr, attempts: Attempts) -> Outcome {
+            let now = self.in_flight.fetch_add(1, Ordering::SeqCst) + 1;
+            self.most.fetch_max(now, Ordering::SeqCst);
+            tokio::time::sleep(attempts.budget()).await;
+            self.in_flight.fetch_sub(1, Ordering::SeqCst);
+            Outcome {
+                state: State::Filtered,
+                reason: Reason::NoResponse,
+                connect: None,
+                at: SystemTime::now(),
+            }
+        }
+    }
+
+    fn on_demand() -> OnDemand {
+        OnDemand::new(IntGauge::new("t", "t").unwrap())
+    }
+
+    fn config(allow: &str) -> Config {
+        let text =
+            format!("[defaults]\ntimeout = \"1s\"\nretries = 1\n[probe]\nallow = [\"{allow}\"]\n");
+        Config::parse(&text, "test").unwrap()
+    }
+
+    fn request(target: &str) -> ProbeRequest {
+        parse(&[("target", target)]).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn connects_in_flight_are_capped_across_requests_within_each_deadline() {
+        let prober = SilentProbe::default();
+        let on_demand = Arc::new(on_demand());
+        let config = Arc::new(config("127.0.0.0/8"));
+        let started = Instant::now();
+        let mut requests = JoinSet::new();
+        for i in 0..PROBE_CONNECTS + 4 {
+            let (prober, on_demand, config) = (prober.clone(), on_demand.clone(), config.clone());
+            let target = format!("127.0.0.{}:80", i + 1);
+            requests.spawn(async move {
+                let answer = probe(&prober, &on_demand, &config, request(&target), None).await;
+                (answer.map(|r| r.success()), started.elapsed())
+            });
+        }
+        let (mut probed, mut refused) = (0, 0);
+        while let Some(joined) = requests.join_next().await {
+            let (answer, took) = joined.unwrap();
+            match answer {
+                // Two attempts of 1 s at the silent port: the config's budget.
+                Ok(success) => {
+                    assert!(!success);
+                    assert_eq!(took, Duration::from_secs(2));
+                    probed += 1;
+                }
+                // No slot came free while the budget could still use one.
+                Err(Refusal::Unavailable(message)) => {
+                    assert!(message.contains("try again"), "{message}");
+                    assert_eq!(took, Duration::from_secs(2) - MIN_CONNECT_TIME);
+                    refused += 1;
+                }
+                Err(other) => panic!("{other:?}"),
+            }
+        }
+        assert_eq!((probed, refused), (PROBE_CONNECTS, 4));
+        assert_eq!(prober.most.load(Ordering::SeqCst), PROBE_CONNECTS);
+        // The slots come back.
+        let again = probe(&prober, &on_demand, &config, request("127.0.0.1:80"), None).await;
+        assert!(again.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_wait_for_a_connect_slot_comes_off_the_budget() {
+        let prober = SilentProbe::default();
+        let on_demand = Arc::new(on_demand());
+        let config = Arc::new(config("127.0.0.0/8"));
+        // Every slot taken for 1 s (budget 1.5 s less the offset: 2 attempts of 0.5 s)...
+        let mut holders = JoinSet::new();
+        for _ in 0..PROBE_CONNECTS {
+            let (prober, on_demand, config) = (prober.clone(), on_demand.clone(), config.clone());
+            holders.spawn(async move {
+                let timeout = Some(Duration::from_millis(1500));
+                probe(
+                    &prober,
+                    &on_demand,
+                    &config,
+                    request("127.0.0.1:80"),
+                    timeout,
+                )
+                .await
+            });
+        }
+        tokio::task::yield_now().await;
+        // ... so a request of a 2 s budget gets its slot after 1 s, and 2 attempts of 0.5 s.
+        let started = Instant::now();
+        let report = probe(&prober, &on_demand, &config, request("127.0.0.2:80"), None)
+            .await
+            .unwrap();
+        assert_eq!(started.elapsed(), Duration::from_secs(2));
+        assert!(
+            report
+                .trace
+                .contains("attempts of at most 500ms, after 1s waiting"),
+            "{}",
+            report.trace
+        );
+        while let Some(held) = holders.join_next().await {
+            assert!(held.unwrap().is_ok());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refusal_names_the_target_and_nothing_it_resolves_to() {
+        let prober = SilentProbe::default();
+        let on_demand = on_demand();
+        let config = config("10.0.0.0/8");
+        // localhost resolves from the hosts file (no query) to loopback, outside the list.
+        for target in [
+            "localhost:80",
+            "127.0.0.1:80",
+            "[::1]:80",
+            "[::ffff:127.0.0.1]:80",
+        ] {
+            for debug in [false, true] {
+                let request = ProbeRequest {
+                    debug,
+                    ..request(target)
+                };
+                let refusal = probe(&prober, &on_demand, &config, request, None).await;
+                let expected = format!("target {target} is not allowed");
+                assert_eq!(refusal.err(), Some(Refusal::Forbidden(expected)));
+            }
+        }
+        assert_eq!(prober.most.load(Ordering::SeqCst), 0, "nothing connected");
     }
 }

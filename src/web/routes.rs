@@ -7,7 +7,7 @@
 //! other methods is a 405 with an `Allow` header listing them. Every response gets the
 //! security headers (`security::headers`).
 
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use bytes::Bytes;
 use hyper::header::{self, HeaderValue};
@@ -188,7 +188,8 @@ async fn answer<P: Probe + Clone, B>(web: &Web<P>, request: Request<B>) -> Respo
     }
 }
 
-/// `/probe?target=host:port`: 400 for a bad request, 403 outside the allow list.
+/// `/probe?target=host:port`: 400 for a bad request, 403 outside the allow list, 503 when
+/// `/probe` has no room for it within its budget.
 async fn probe<P: Probe + Clone, B>(web: &Web<P>, request: &Request<B>) -> Response<Body> {
     let Some(params) = query_params(request.uri().query()) else {
         return text(StatusCode::BAD_REQUEST, "malformed query string\n");
@@ -201,14 +202,12 @@ async fn probe<P: Probe + Clone, B>(web: &Web<P>, request: &Request<B>) -> Respo
         .headers()
         .get("X-Prometheus-Scrape-Timeout-Seconds")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
-        .filter(|d| !d.is_zero());
+        .and_then(probe::scrape_timeout);
     let config = web.reloader.current();
     let debug = probe_request.debug;
     let report = match probe::probe(
         &web.probe,
-        &web.resolver,
+        &web.on_demand,
         &config,
         probe_request,
         scrape_timeout,
@@ -233,6 +232,7 @@ fn refused(refusal: &Refusal) -> Response<Body> {
     let status = match refusal {
         Refusal::BadRequest(_) => StatusCode::BAD_REQUEST,
         Refusal::Forbidden(_) => StatusCode::FORBIDDEN,
+        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
     };
     text(status, format!("{refusal}\n"))
 }
@@ -311,6 +311,7 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
 mod tests {
     use std::net::SocketAddr;
     use std::sync::{Arc, Mutex};
+    use std::time::Duration;
 
     use tokio::sync::watch;
     use tokio_util::sync::CancellationToken;
@@ -417,6 +418,7 @@ mod tests {
         let resolver = Arc::new(Resolver::new(
             telemetry.probes.dns_lookups_in_flight.clone(),
         ));
+        let on_demand = probe::OnDemand::new(telemetry.probes.dns_lookups_in_flight.clone());
         let (ready_tx, ready) = watch::channel(false);
         let parts = SchedulerParts {
             probe: probe.clone(),
@@ -424,7 +426,7 @@ mod tests {
             metrics: telemetry.probes.clone(),
             max_in_flight: 1,
             max_per_second: 0,
-            resolver: resolver.clone(),
+            resolver,
         };
         let scheduler = Scheduler::start(
             parts,
@@ -444,7 +446,7 @@ mod tests {
             table,
             reloader: Arc::new(reloader),
             probe,
-            resolver,
+            on_demand,
             web_config: None,
             ready,
             telemetry_path: "/metrics".to_string(),
