@@ -2,20 +2,21 @@
 //! port is open, closed or filtered, and whether that is what the operator expects.
 //!
 //! # Layout
-//! Data flows one way: config → schedule → probe → state table → exposition and web. No module
-//! imports one above it in this list (the web layer, at the top, uses them all).
+//! Data flows one way: config → schedule → probe → state table → exposition and web. Each
+//! module below imports only modules listed before it.
 //!
 //! | module | concern |
 //! |---|---|
 //! | [`domain`] | the shared words: [`domain::State`], [`domain::Reason`], [`domain::Expect`], [`domain::Attempts`] and its budget |
+//! | [`families`] | every metric family's name, HELP, type and labels, defined once |
 //! | [`config`] | the TOML file: raw serde structs, validated into [`config::Config`]; ports, durations, the `/probe` allow list |
 //! | [`probe`] | one probe of one address: the [`probe::Probe`] trait, the TCP connect probe, errno classification |
-//! | [`schedule`] | background rounds per target under a global cap, paced; name lookups; sharding |
+//! | [`telemetry`] | the exporter's own metrics (a registry the layers above update) |
 //! | [`state`] | the state table, the single source of truth, read through [`state::StateTable::view`] |
-//! | [`telemetry`] | the exporter's own metrics (a registry the lower layers update) |
+//! | [`schedule`] | background rounds per target under a global cap, paced; name lookups; sharding |
 //! | [`exposition`] | the one text writer (0.0.4 and OpenMetrics), the table's rendering and its cache |
 //! | [`reload`] | the one config loader of start-up and reloads, and hot reload as a diff |
-//! | [`web`] | the HTTP server: routes, `/probe`, the status page, TLS and basic auth |
+//! | [`web`] | the HTTP server: connection bounds, routes, `/probe`, the status page, TLS and basic auth |
 //! | [`logging`], [`limits`] | process set-up for the binary |
 //!
 //! The binary (`src/main.rs`) turns flags into [`Options`] and calls [`run`]; tests start the
@@ -26,6 +27,7 @@
 pub mod config;
 pub mod domain;
 pub mod exposition;
+pub mod families;
 pub mod limits;
 pub mod logging;
 pub mod probe;

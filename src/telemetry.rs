@@ -2,8 +2,8 @@
 //!
 //! They live in a `prometheus` registry, which the scheduler, the resolver and the reloader
 //! update through the handles here; the exposition module writes them out on each scrape.
-//! Their names, HELP and labels are the exposition's vocabulary
-//! ([`crate::exposition::text`]); nothing here knows how metrics are rendered.
+//! Their names, HELP and labels come from [`crate::families`], the vocabulary the exposition
+//! writes with too; nothing here knows how metrics are rendered.
 
 use std::time::SystemTime;
 
@@ -11,7 +11,7 @@ use prometheus::proto::MetricFamily;
 use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
 use crate::domain::State;
-use crate::exposition::text::{
+use crate::families::{
     BUILD_INFO, CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP, CONFIG_LAST_RELOAD_SUCCESSFUL,
     DNS_LOOKUP_FAILURES, DNS_LOOKUPS_IN_FLIGHT, Family, PROBE_START_LATENESS, PROBES,
     PROBES_IN_FLIGHT, TABLE_RENDERS,
@@ -141,7 +141,8 @@ pub fn unix_seconds(t: SystemTime) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::exposition::text::{Format, Kind, OWN_FAMILIES, finish, write_gathered};
+    use crate::exposition::text::{Format, finish, write_gathered};
+    use crate::families::{Kind, OWN_FAMILIES};
     use prometheus::proto::MetricType;
 
     #[test]

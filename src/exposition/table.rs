@@ -26,23 +26,22 @@ use bytes::{Bytes, BytesMut};
 use rayon::prelude::*;
 
 use crate::domain::State;
-use crate::exposition::text::{
-    self, Family, Format, Numbers, STATE_SUFFIXES, push_label, push_line,
-};
+use crate::exposition::text::{Format, Numbers, STATE_SUFFIXES, push_label, push_line};
+use crate::families::{self, Family};
 use crate::state::{Row, StateTable, TargetRows};
 use crate::telemetry::unix_seconds;
 
 /// The table's families, in the order they are written (that of `Section`).
 pub const FAMILIES: [&Family; 9] = [
-    &text::PORT_STATE,
-    &text::PORT_STATE_REASON,
-    &text::PORT_CONNECT_DURATION,
-    &text::PORT_DNS_LOOKUP_DURATION,
-    &text::PORT_STATE_UNEXPECTED,
-    &text::PORT_STATE_CHANGES,
-    &text::PORT_STATE_LAST_CHANGE,
-    &text::PORT_LAST_PROBE,
-    &text::PORT_TARGET_PORTS,
+    &families::PORT_STATE,
+    &families::PORT_STATE_REASON,
+    &families::PORT_CONNECT_DURATION,
+    &families::PORT_DNS_LOOKUP_DURATION,
+    &families::PORT_STATE_UNEXPECTED,
+    &families::PORT_STATE_CHANGES,
+    &families::PORT_STATE_LAST_CHANGE,
+    &families::PORT_LAST_PROBE,
+    &families::PORT_TARGET_PORTS,
 ];
 
 /// The sections of the table's text, one family each.
@@ -512,7 +511,7 @@ mod tests {
                 .map(String::from)
                 .collect()
         };
-        let help = text::PORT_STATE_CHANGES.help;
+        let help = families::PORT_STATE_CHANGES.help;
         assert_eq!(
             comments(&text)[8..10],
             [

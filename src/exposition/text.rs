@@ -30,6 +30,8 @@
 use bytes::BytesMut;
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::families::{Family, Kind, OWN_FAMILIES};
+
 /// The Content-Type of the Prometheus text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
 /// The Content-Type of OpenMetrics 1.0.
@@ -113,192 +115,12 @@ impl Format {
     }
 }
 
-/// What a family's samples mean, and so its `# TYPE`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Gauge,
-    /// Named with its `_total` suffix (see [`Family::name`]).
-    Counter,
-    Histogram,
-    Summary,
-    /// A gauge of constant 1 whose labels are the information (named with `_info`).
-    Info,
-    /// Untyped: the text format's `untyped`, OpenMetrics' `unknown`.
-    Unknown,
-}
-
-/// A metric family the exporter serves.
-pub struct Family {
-    /// The name of its series as Prometheus stores them, which is the family's name in the
-    /// text format: a counter's with `_total`, an info's with `_info`.
-    pub name: &'static str,
-    pub help: &'static str,
-    pub kind: Kind,
-    /// The labels every series of the family has, on every endpoint that serves it
-    /// (`/metrics` adds `target` and the target's own labels to the per-port families).
-    pub labels: &'static [&'static str],
-}
-
 impl Family {
     /// Writes the family's HELP and TYPE lines.
     pub fn write_header(&self, out: &mut impl Out, format: Format) {
         header(out, format, self.name, self.help, self.kind);
     }
 }
-
-// The state table's families, on `/metrics`; `port_state`, `port_state_reason` and
-// `port_connect_duration_seconds` are also `/probe`'s.
-
-/// A gauge with a `state` label, not an OpenMetrics StateSet: a StateSet's label must be
-/// named after the family (`port_state{port_state="open"}`), which would break every rule,
-/// query and dashboard written against `state`. So both formats write the same gauge.
-pub const PORT_STATE: Family = Family {
-    name: "port_state",
-    help: "Port state as a state set: 1 for the current state (open, closed, filtered, error), 0 for the others.",
-    kind: Kind::Gauge,
-    labels: &["host", "port", "ip", "state"],
-};
-pub const PORT_STATE_REASON: Family = Family {
-    name: "port_state_reason",
-    help: "The reason behind the current port state, in nmap's words (syn-ack, conn-refused, no-response, ...).",
-    kind: Kind::Gauge,
-    labels: &["host", "port", "ip", "reason"],
-};
-pub const PORT_CONNECT_DURATION: Family = Family {
-    name: "port_connect_duration_seconds",
-    help: "Time from connect() to the answer (SYN-ACK, RST or ICMP) on the last probe; absent when nothing answered.",
-    kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
-};
-pub const PORT_DNS_LOOKUP_DURATION: Family = Family {
-    name: "port_dns_lookup_duration_seconds",
-    help: "Duration of the last DNS lookup of the target's host.",
-    kind: Kind::Gauge,
-    labels: &["host"],
-};
-pub const PORT_STATE_UNEXPECTED: Family = Family {
-    name: "port_state_unexpected",
-    help: "1 when the port state breaks the target's expectation, else 0; absent when any state is expected.",
-    kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
-};
-pub const PORT_STATE_CHANGES: Family = Family {
-    name: "port_state_changes_total",
-    help: "Port state changes seen since the series appeared.",
-    kind: Kind::Counter,
-    labels: &["host", "port", "ip"],
-};
-pub const PORT_STATE_LAST_CHANGE: Family = Family {
-    name: "port_state_last_change_timestamp_seconds",
-    help: "Unix time of the last port state change (or of the first probe).",
-    kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
-};
-pub const PORT_LAST_PROBE: Family = Family {
-    name: "port_last_probe_timestamp_seconds",
-    help: "Unix time the last probe of the port finished.",
-    kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
-};
-pub const PORT_TARGET_PORTS: Family = Family {
-    name: "port_target_ports",
-    help: "Ports of the target per address and state, counting range ports that have no series of their own.",
-    kind: Kind::Gauge,
-    labels: &["host", "ip", "state"],
-};
-
-// `/probe`'s own families, as blackbox_exporter names them.
-
-pub const PROBE_DNS_LOOKUP_TIME: Family = Family {
-    name: "probe_dns_lookup_time_seconds",
-    help: "How long the DNS lookup took.",
-    kind: Kind::Gauge,
-    labels: &[],
-};
-pub const PROBE_DURATION: Family = Family {
-    name: "probe_duration_seconds",
-    help: "How long the probe took, lookup included.",
-    kind: Kind::Gauge,
-    labels: &[],
-};
-pub const PROBE_SUCCESS: Family = Family {
-    name: "probe_success",
-    help: "Whether the probe met its expectation.",
-    kind: Kind::Gauge,
-    labels: &[],
-};
-
-// The exporter's own metrics: registered by `crate::telemetry` under these names, written
-// from what the registry gathers. The process collector's `process_*` families are the
-// `prometheus` crate's.
-
-pub const TABLE_RENDERS: Family = Family {
-    name: "port_exporter_table_renders_total",
-    help: "Renderings of the state table for scrapes; concurrent scrapes share one.",
-    kind: Kind::Counter,
-    labels: &[],
-};
-pub const BUILD_INFO: Family = Family {
-    name: "port_exporter_build_info",
-    help: "A metric with a constant '1' value labeled by the exporter's version and revision.",
-    kind: Kind::Info,
-    labels: &["revision", "version"],
-};
-pub const PROBES: Family = Family {
-    name: "port_exporter_probes_total",
-    help: "Probes finished, by the state they found.",
-    kind: Kind::Counter,
-    labels: &["state"],
-};
-pub const PROBES_IN_FLIGHT: Family = Family {
-    name: "port_exporter_probes_in_flight",
-    help: "Probes started and not yet finished.",
-    kind: Kind::Gauge,
-    labels: &[],
-};
-pub const PROBE_START_LATENESS: Family = Family {
-    name: "port_exporter_probe_start_lateness_seconds",
-    help: "How late a probe started: its round's delay plus its wait for the concurrency cap (the pacer's spacing is planned, not late).",
-    kind: Kind::Histogram,
-    labels: &[],
-};
-pub const DNS_LOOKUP_FAILURES: Family = Family {
-    name: "port_exporter_dns_lookup_failures_total",
-    help: "DNS lookups of target names that failed or timed out.",
-    kind: Kind::Counter,
-    labels: &[],
-};
-pub const DNS_LOOKUPS_IN_FLIGHT: Family = Family {
-    name: "port_exporter_dns_lookups_in_flight",
-    help: "Name lookups (getaddrinfo calls) running or waiting for one of their bounded slots.",
-    kind: Kind::Gauge,
-    labels: &[],
-};
-pub const CONFIG_LAST_RELOAD_SUCCESSFUL: Family = Family {
-    name: "port_exporter_config_last_reload_successful",
-    help: "Whether the last config load (start-up or reload) succeeded.",
-    kind: Kind::Gauge,
-    labels: &[],
-};
-pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP: Family = Family {
-    name: "port_exporter_config_last_reload_success_timestamp_seconds",
-    help: "Unix time of the last successful config load.",
-    kind: Kind::Gauge,
-    labels: &[],
-};
-
-/// The exporter's own families, as registered by `crate::telemetry`.
-pub const OWN_FAMILIES: [&Family; 9] = [
-    &TABLE_RENDERS,
-    &BUILD_INFO,
-    &PROBES,
-    &PROBES_IN_FLIGHT,
-    &PROBE_START_LATENESS,
-    &DNS_LOOKUP_FAILURES,
-    &DNS_LOOKUPS_IN_FLIGHT,
-    &CONFIG_LAST_RELOAD_SUCCESSFUL,
-    &CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP,
-];
 
 /// `,state="..."} ` per state, in `State::ALL` order: the end of a `port_state` or
 /// `port_target_ports` series, before its value.
@@ -584,6 +406,7 @@ impl Sample<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::families::BUILD_INFO;
     use prometheus::proto::{Quantile, Summary};
     use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 

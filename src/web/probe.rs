@@ -30,9 +30,10 @@ use crate::config::Config;
 use crate::config::host::valid_host_name;
 use crate::domain::Expect;
 use crate::domain::{Attempts, State};
-use crate::exposition::text::{
-    Format, Numbers, PORT_CONNECT_DURATION, PORT_STATE, PORT_STATE_REASON, PROBE_DNS_LOOKUP_TIME,
-    PROBE_DURATION, PROBE_SUCCESS, STATE_SUFFIXES, push_label, push_line,
+use crate::exposition::text::{Format, Numbers, STATE_SUFFIXES, push_label, push_line};
+use crate::families::{
+    PORT_CONNECT_DURATION, PORT_STATE, PORT_STATE_REASON, PROBE_DNS_LOOKUP_TIME, PROBE_DURATION,
+    PROBE_SUCCESS,
 };
 use crate::probe::{Outcome, Probe};
 use crate::schedule::resolve::{Limits, LookupError, Resolver};
