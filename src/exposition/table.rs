@@ -25,7 +25,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rayon::prelude::*;
 
-use crate::domain::State;
+use crate::domain::{State, StateCounts};
 use crate::exposition::text::{Format, Numbers, STATE_SUFFIXES, push_label, push_line};
 use crate::families::{self, Family};
 use crate::state::{Row, StateTable, TargetRows};
@@ -137,7 +137,7 @@ struct TargetSnapshot {
     labels: Range<usize>,
     dns_lookup: Option<Duration>,
     /// Ports per state, per address (`None`: unresolved), over all rows, shown or not.
-    counts: Vec<(Option<IpAddr>, [u64; State::ALL.len()])>,
+    counts: Vec<(Option<IpAddr>, StateCounts)>,
 }
 
 /// A row whose series are shown.
@@ -350,7 +350,7 @@ impl Scratch {
                             }
                             labels.push('"');
                             for s in State::ALL {
-                                let value = numbers.int(per_state[s as usize]);
+                                let value = numbers.int(per_state.get(s));
                                 let suffix = STATE_SUFFIXES[s as usize];
                                 push_line(out, name, &labels, suffix, value);
                             }
@@ -392,16 +392,16 @@ impl Snapshot {
             }
             let prefix = start..arena.len();
             ip_texts.clear();
-            let mut counts: Vec<(Option<IpAddr>, [u64; State::ALL.len()])> = Vec::new();
+            let mut counts: Vec<(Option<IpAddr>, StateCounts)> = Vec::new();
             for (key, row) in &target.rows {
-                match counts.iter_mut().find(|(ip, _)| *ip == key.ip) {
-                    Some((_, per_state)) => per_state[row.outcome.state as usize] += 1,
+                let at = match counts.iter().position(|(ip, _)| *ip == key.ip) {
+                    Some(at) => at,
                     None => {
-                        let mut per_state = [0; State::ALL.len()];
-                        per_state[row.outcome.state as usize] = 1;
-                        counts.push((key.ip, per_state));
+                        counts.push((key.ip, StateCounts::default()));
+                        counts.len() - 1
                     }
-                }
+                };
+                counts[at].1.add(row.outcome.state);
                 if !info.shows(key.port, row) {
                     continue;
                 }
