@@ -554,6 +554,23 @@ fn max_requests_answers_503_at_once_beyond_the_cap_and_recovers() {
     exporter.stop();
 }
 
+/// A config whose `/metrics` is about 20 MB (20,000 shown ports): far more than the socket
+/// buffers hold, so a client that does not read stalls the response.
+const BIG_METRICS: &str = "[[targets]]\nhost = \"127.0.0.1\"\nports = [\"1-20000\"]\nexpect = \"open\"\ninterval = \"1h\"\ntimeout = \"500ms\"\n";
+
+/// `count` clients that ask for `/metrics` and never read.
+fn stalled_metrics_clients(addr: SocketAddr, count: usize) -> Vec<TcpStream> {
+    (0..count)
+        .map(|_| {
+            let mut stream = TcpStream::connect(addr).unwrap();
+            stream
+                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap();
+            stream
+        })
+        .collect()
+}
+
 /// How many bytes came before the server closed `stream` (EOF or reset), reading whatever it
 /// sent; `None` when it did not close it within `limit`.
 fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<usize> {
@@ -579,9 +596,8 @@ fn closed_within(stream: &mut TcpStream, limit: Duration) -> Option<usize> {
 /// rendering its response pinned) for ever; there was no write timeout.
 #[test]
 fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
-    // 20,000 shown ports (about 20 MB of text): far more than the socket buffers hold.
     let exporter = start(
-        "[[targets]]\nhost = \"127.0.0.1\"\nports = [\"1-20000\"]\nexpect = \"open\"\ninterval = \"1h\"\ntimeout = \"500ms\"\n",
+        BIG_METRICS,
         Options {
             timeouts: port_exporter::web::Timeouts {
                 write: Duration::from_secs(2),
@@ -592,15 +608,7 @@ fn a_client_that_never_reads_is_dropped_after_the_write_timeout() {
     );
     let addr = exporter.addr;
     let started = Instant::now();
-    let mut stalled: Vec<TcpStream> = (0..20)
-        .map(|_| {
-            let mut stream = TcpStream::connect(addr).unwrap();
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            stream
-        })
-        .collect();
+    let mut stalled = stalled_metrics_clients(addr, 20);
     // Let every response start and stall; meanwhile the server answers everyone else.
     std::thread::sleep(Duration::from_millis(500));
     assert_healthy(addr);
@@ -686,7 +694,7 @@ fn connections_are_capped_and_idle_ones_closed_after_the_idle_timeout() {
 #[test]
 fn responses_being_sent_hold_their_request_slot() {
     let exporter = start(
-        "[[targets]]\nhost = \"127.0.0.1\"\nports = [\"1-20000\"]\nexpect = \"open\"\ninterval = \"1h\"\ntimeout = \"500ms\"\n",
+        BIG_METRICS,
         Options {
             max_requests: 2,
             timeouts: port_exporter::web::Timeouts {
@@ -698,15 +706,7 @@ fn responses_being_sent_hold_their_request_slot() {
     );
     let addr = exporter.addr;
     // Two clients ask for 20 MB of metrics and do not read.
-    let mut stalled: Vec<TcpStream> = (0..2)
-        .map(|_| {
-            let mut stream = TcpStream::connect(addr).unwrap();
-            stream
-                .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
-                .unwrap();
-            stream
-        })
-        .collect();
+    let mut stalled = stalled_metrics_clients(addr, 2);
     std::thread::sleep(Duration::from_millis(800));
     let response = get(addr, "/-/healthy");
     assert_eq!(response.status, 503, "{}", response.text());

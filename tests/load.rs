@@ -99,13 +99,11 @@ fn scrape(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<(String, usize), 
     Ok((head, length))
 }
 
-#[test]
-fn sixty_four_scrapers_for_40_s_on_10000_targets_get_complete_200s_and_rss_stays_flat() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("load.toml");
-    let mut text = String::from("[defaults]\ninterval = \"15s\"\ntimeout = \"1s\"\nretries = 0\n");
+/// `defaults` and then [`TARGETS`] targets of one closed port each: 127.1.0.1 to
+/// 127.1.39.250, ports 1000 to 1999, where nothing listens.
+fn closed_targets(defaults: &str) -> String {
+    let mut text = String::from(defaults);
     for i in 0..TARGETS {
-        // 127.1.0.1 to 127.1.39.250, ports 1000 to 1999: nothing listens there.
         text.push_str(&format!(
             "[[targets]]\nname = \"t{i}\"\nhost = \"127.1.{}.{}\"\nports = [{}]\n",
             i / 250,
@@ -113,6 +111,14 @@ fn sixty_four_scrapers_for_40_s_on_10000_targets_get_complete_200s_and_rss_stays
             1000 + i % 1000
         ));
     }
+    text
+}
+
+#[test]
+fn sixty_four_scrapers_for_40_s_on_10000_targets_get_complete_200s_and_rss_stays_flat() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("load.toml");
+    let text = closed_targets("[defaults]\ninterval = \"15s\"\ntimeout = \"1s\"\nretries = 0\n");
     std::fs::write(&config, text).unwrap();
     let (child, addr, _) = start_binary(&[
         "--config.file",
@@ -315,16 +321,7 @@ fn stalled_readers_pin_a_bounded_amount_of_memory() {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("stalled.toml");
     // Rounds every second, so the table changes (and a scrape renders anew) all the time.
-    let mut text =
-        String::from("[defaults]\ninterval = \"1s\"\ntimeout = \"500ms\"\nretries = 0\n");
-    for i in 0..TARGETS {
-        text.push_str(&format!(
-            "[[targets]]\nname = \"t{i}\"\nhost = \"127.1.{}.{}\"\nports = [{}]\n",
-            i / 250,
-            i % 250 + 1,
-            1000 + i % 1000
-        ));
-    }
+    let text = closed_targets("[defaults]\ninterval = \"1s\"\ntimeout = \"500ms\"\nretries = 0\n");
     std::fs::write(&config, text).unwrap();
     let (child, addr, _) = start_binary(&[
         "--config.file",
