@@ -6,7 +6,6 @@
 //! never disagree.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -36,12 +35,6 @@ impl State {
             State::Filtered => "filtered",
             State::Error => "error",
         }
-    }
-}
-
-impl fmt::Display for State {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
@@ -181,12 +174,6 @@ impl Expect {
     /// `probe_success` reports): an `error` never meets one, `any` takes every other state.
     pub fn is_met_by(self, state: State) -> bool {
         state != State::Error && self.is_broken_by(state) != Some(true)
-    }
-}
-
-impl fmt::Display for Expect {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
     }
 }
 
