@@ -1,5 +1,5 @@
 //! The words of the domain, each defined once: a port's [`State`], the [`Reason`] behind it,
-//! what the operator [`Expect`]s, and how a port is probed ([`Attempts`], [`Close`]).
+//! what the operator [`Expect`]s, and how a port is probed ([`Attempts`], [`Timing`], [`Close`]).
 //!
 //! Every other module (config, probe, state table, exposition, status page, `/probe`) spells
 //! these through the functions here, so a label value, a config word and a page's wording can
@@ -205,28 +205,54 @@ pub enum Close {
     Graceful,
 }
 
+/// How the attempt timeouts and retries of a probe are chosen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timing {
+    /// Every attempt waits the configured `timeout`; silence gets `retries` more attempts.
+    Fixed,
+    /// Learned per address (see [`crate::probe::timing`]): the timeout from the address's
+    /// round-trip times, within `min_timeout..=timeout`; the retries from its drop rate, up to
+    /// `max_retries` while the address is known to answer.
+    Adaptive {
+        min_timeout: Duration,
+        max_retries: u32,
+    },
+}
+
 /// How to probe one address: the budget of an attempt, how many more attempts silence gets,
-/// and how to close.
+/// how those are chosen, and how to close.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempts {
+    /// The timeout of every attempt ([`Timing::Fixed`]), or its upper bound and the timeout
+    /// of an address that has not answered yet ([`Timing::Adaptive`]).
     pub timeout: Duration,
+    /// The retries of a silent port: always ([`Timing::Fixed`]), or on an address that has
+    /// not answered yet ([`Timing::Adaptive`]).
     pub retries: u32,
+    pub timing: Timing,
     pub close: Close,
 }
 
 impl Attempts {
-    /// How many connects a silent port gets in all.
+    /// How many connects a silent port gets in all when timing is fixed, or on an address
+    /// that has not answered yet.
     pub fn count(&self) -> u32 {
         self.retries.saturating_add(1)
     }
 
     /// The longest one probe can take: `timeout x (retries + 1)`, reached when every attempt
-    /// meets silence.
+    /// meets silence. Adaptive timing spends the same budget on more, shorter attempts when
+    /// the address answers and loses packets, never more.
     ///
     /// ```
     /// use std::time::Duration;
-    /// use port_exporter::domain::{Attempts, Close};
-    /// let attempts = Attempts { timeout: Duration::from_secs(2), retries: 1, close: Close::Reset };
+    /// use port_exporter::domain::{Attempts, Close, Timing};
+    /// let attempts = Attempts {
+    ///     timeout: Duration::from_secs(2),
+    ///     retries: 1,
+    ///     timing: Timing::Fixed,
+    ///     close: Close::Reset,
+    /// };
     /// assert_eq!(attempts.budget(), Duration::from_secs(4));
     /// ```
     pub fn budget(&self) -> Duration {

@@ -132,14 +132,19 @@ pub async fn run(
     let config = source.part_of(config);
     let table = Arc::new(StateTable::new());
     let telemetry = Arc::new(Telemetry::new()?);
-    let metrics = Arc::new(Metrics::new(table.clone(), telemetry.clone()));
+    let probe = TcpProbe::default();
+    let metrics = Arc::new(Metrics::new(
+        table.clone(),
+        probe.timings().clone(),
+        telemetry.clone(),
+    ));
     let (ready_tx, ready) = watch::channel(false);
     let tracker = TaskTracker::new();
     let resolver = Arc::new(Resolver::new(
         telemetry.probes.dns_lookups_in_flight.clone(),
     ));
     let parts = SchedulerParts {
-        probe: TcpProbe,
+        probe,
         table: table.clone(),
         metrics: telemetry.probes.clone(),
         max_in_flight: options.max_in_flight,
@@ -160,7 +165,8 @@ pub async fn run(
         metrics,
         table,
         reloader,
-        probe: TcpProbe,
+        // Its own: what on-demand probes learn never changes the scheduler's timeouts.
+        probe: TcpProbe::default(),
         on_demand: web::probe::OnDemand::new(telemetry.probes.dns_lookups_in_flight.clone()),
         web_config: options.web_config,
         ready,

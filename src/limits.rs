@@ -1,4 +1,4 @@
-//! Process limits: each probe in flight holds a file descriptor.
+//! Process limits: each probe in flight holds up to [`FDS_PER_PROBE`] file descriptors.
 
 use nix::sys::resource::{Resource, getrlimit, setrlimit};
 
@@ -15,7 +15,12 @@ pub fn raise_fd_limit() -> nix::Result<u64> {
     Ok(getrlimit(Resource::RLIMIT_NOFILE)?.0)
 }
 
+/// A probe's current attempt, and under adaptive timing the previous one, still listening
+/// for a late answer.
+pub const FDS_PER_PROBE: u64 = 2;
+
 /// The largest number of probes in flight that `fd_limit` leaves room for.
 pub fn max_in_flight_for(fd_limit: u64) -> usize {
-    usize::try_from(fd_limit.saturating_sub(RESERVED_FDS).max(1)).unwrap_or(usize::MAX)
+    let probes = fd_limit.saturating_sub(RESERVED_FDS) / FDS_PER_PROBE;
+    usize::try_from(probes.max(1)).unwrap_or(usize::MAX)
 }

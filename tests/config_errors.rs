@@ -98,6 +98,10 @@ const CASES: &[(&str, &str)] = &[
         "3:10: port 65536 out of range: expected 1 to 65535",
     ),
     (
+        "min_timeout_exceeds_timeout",
+        "7:15: min_timeout 1s must not exceed timeout 500ms",
+    ),
+    (
         "reserved_label",
         "4:10: label name \"port\" is reserved: the exporter sets it",
     ),
@@ -111,12 +115,20 @@ const CASES: &[(&str, &str)] = &[
         "2:11: retries 11 too high: expected 0 to 10",
     ),
     (
+        "too_many_max_retries",
+        "2:15: max_retries 50 too high: expected 0 to 10",
+    ),
+    (
         "unknown_defaults_field",
-        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `expect`, `close`",
+        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `expect`, `close`",
     ),
     (
         "unknown_field",
-        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`, `close`",
+        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `close`",
+    ),
+    (
+        "unknown_timing",
+        "4:10: unknown variant `fast`, expected `adaptive` or `fixed`",
     ),
     (
         "unknown_section",

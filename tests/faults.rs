@@ -370,11 +370,11 @@ fn out_of_fds_probes_report_error_emfile_never_a_port_state_and_recover() {
         binary
             .log()
             .contains("concurrency lowered to fit the file descriptor limit")
-            && binary.log().contains("max_in_flight=72"),
+            && binary.log().contains("max_in_flight=36"),
         "{}",
         binary.log()
     );
-    // Probes alone never run out: 150 ports, 72 in flight at most, all closed.
+    // Probes alone never run out: 150 ports, 36 in flight at most (two descriptors each), all closed.
     let all_closed = |samples: &[Sample]| {
         let s = states(samples, "closed");
         s.len() == 150 && s.iter().all(|(_, state, _)| state == "closed")

@@ -23,7 +23,7 @@ use std::time::Duration;
 
 pub use allow::AllowList;
 
-use crate::domain::{Attempts, Close, Expect};
+use crate::domain::{Attempts, Close, Expect, Timing};
 use raw::RawConfig;
 
 /// The config used when no `--config.file` is given: localhost on the common server ports.
@@ -35,9 +35,18 @@ pub struct Defaults {
     pub interval: Duration,
     pub timeout: Duration,
     pub retries: u32,
+    pub timing: Timing,
     pub expect: Expect,
     pub close: Close,
 }
+
+/// The adaptive lower bound of an attempt's timeout, as nmap's `--min-rtt-timeout`: below it a
+/// busy prober's own scheduling delay would read as loss.
+pub const DEFAULT_MIN_TIMEOUT: Duration = Duration::from_millis(100);
+
+/// Adaptive retries on an address that answers: enough that at 36% of attempts lost (20% of
+/// packets each way) an answering port reads filtered about once in 10,000 probes (0.36^10).
+pub const DEFAULT_MAX_RETRIES: u32 = 9;
 
 impl Default for Defaults {
     fn default() -> Self {
@@ -45,6 +54,10 @@ impl Default for Defaults {
             interval: Duration::from_secs(15),
             timeout: Duration::from_secs(2),
             retries: 1,
+            timing: Timing::Adaptive {
+                min_timeout: DEFAULT_MIN_TIMEOUT,
+                max_retries: DEFAULT_MAX_RETRIES,
+            },
             expect: Expect::Any,
             close: Close::Reset,
         }
@@ -81,6 +94,7 @@ pub struct Target {
     pub interval: Duration,
     pub timeout: Duration,
     pub retries: u32,
+    pub timing: Timing,
     pub close: Close,
 }
 
@@ -90,6 +104,7 @@ impl Target {
         Attempts {
             timeout: self.timeout,
             retries: self.retries,
+            timing: self.timing,
             close: self.close,
         }
     }
@@ -119,6 +134,7 @@ impl Defaults {
         Attempts {
             timeout: self.timeout,
             retries: self.retries,
+            timing: self.timing,
             close: self.close,
         }
     }
@@ -260,6 +276,53 @@ mod tests {
         assert_eq!(
             t.labels,
             [("env".into(), "prod".into()), ("team".into(), "web".into())]
+        );
+    }
+
+    #[test]
+    fn timing_is_inherited_key_by_key_and_fixed_drops_the_bounds() {
+        let text = r#"
+            [defaults]
+            min_timeout = "250ms"
+            [[targets]]
+            name = "inherits"
+            host = "h"
+            ports = [1]
+            [[targets]]
+            name = "tight"
+            host = "h"
+            ports = [1]
+            timeout = "200ms"
+            max_retries = 4
+            [[targets]]
+            name = "fixed"
+            host = "h"
+            ports = [1]
+            timing = "fixed"
+        "#;
+        let config = Config::parse(text, "t").unwrap();
+        let timing: Vec<Timing> = config.targets.iter().map(|t| t.timing).collect();
+        assert_eq!(
+            timing,
+            [
+                Timing::Adaptive {
+                    min_timeout: Duration::from_millis(250),
+                    max_retries: DEFAULT_MAX_RETRIES
+                },
+                // An inherited lower bound follows a lower timeout down.
+                Timing::Adaptive {
+                    min_timeout: Duration::from_millis(200),
+                    max_retries: 4
+                },
+                Timing::Fixed,
+            ]
+        );
+        assert_eq!(
+            Defaults::default().timing,
+            Timing::Adaptive {
+                min_timeout: DEFAULT_MIN_TIMEOUT,
+                max_retries: DEFAULT_MAX_RETRIES
+            }
         );
     }
 

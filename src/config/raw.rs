@@ -12,8 +12,8 @@ use super::allow::validate_allow_list;
 use super::duration::{format_duration, parse_duration};
 use super::host::validate_host;
 use super::ports::{RawPorts, validate_ports};
-use super::{Config, Defaults, Invalid, Target, invalid};
-use crate::domain::{Attempts, Close, Expect};
+use super::{Config, DEFAULT_MAX_RETRIES, DEFAULT_MIN_TIMEOUT, Defaults, Invalid, Target, invalid};
+use crate::domain::{Attempts, Close, Expect, Timing};
 
 /// Label names the exporter sets itself; a target's `labels` may not reuse them.
 const RESERVED_LABELS: [&str; 6] = ["target", "host", "port", "ip", "state", "reason"];
@@ -45,8 +45,18 @@ struct RawDefaults {
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<u32>>,
+    timing: Option<TimingMode>,
+    min_timeout: Option<Spanned<String>>,
+    max_retries: Option<Spanned<u32>>,
     expect: Option<Expect>,
     close: Option<Close>,
+}
+
+#[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+enum TimingMode {
+    Adaptive,
+    Fixed,
 }
 
 #[derive(Deserialize)]
@@ -61,6 +71,9 @@ struct RawTarget {
     interval: Option<Spanned<String>>,
     timeout: Option<Spanned<String>>,
     retries: Option<Spanned<u32>>,
+    timing: Option<TimingMode>,
+    min_timeout: Option<Spanned<String>>,
+    max_retries: Option<Spanned<u32>>,
     close: Option<Close>,
 }
 
@@ -71,9 +84,22 @@ impl RawConfig {
         let defaults = Defaults {
             interval: optional_duration(&d.interval, "interval")?.unwrap_or(builtin.interval),
             timeout: optional_duration(&d.timeout, "timeout")?.unwrap_or(builtin.timeout),
-            retries: optional_retries(&d.retries)?.unwrap_or(builtin.retries),
+            retries: optional_retries(&d.retries, "retries")?.unwrap_or(builtin.retries),
+            timing: builtin.timing,
             expect: d.expect.unwrap_or(builtin.expect),
             close: d.close.unwrap_or(builtin.close),
+        };
+        let defaults = Defaults {
+            timing: validate_timing(
+                TimingKeys {
+                    mode: d.timing,
+                    min_timeout: &d.min_timeout,
+                    max_retries: &d.max_retries,
+                },
+                defaults.timeout,
+                builtin.timing,
+            )?,
+            ..defaults
         };
         let mut names = HashSet::new();
         let mut targets = Vec::with_capacity(self.targets.len());
@@ -121,12 +147,22 @@ impl RawTarget {
         };
         let interval = optional_duration(&self.interval, "interval")?.unwrap_or(defaults.interval);
         let timeout = optional_duration(&self.timeout, "timeout")?.unwrap_or(defaults.timeout);
-        let retries = optional_retries(&self.retries)?.unwrap_or(defaults.retries);
+        let retries = optional_retries(&self.retries, "retries")?.unwrap_or(defaults.retries);
+        let timing = validate_timing(
+            TimingKeys {
+                mode: self.timing,
+                min_timeout: &self.min_timeout,
+                max_retries: &self.max_retries,
+            },
+            timeout,
+            defaults.timing,
+        )?;
         // A round must fit in its interval, or probes of one port would overlap.
         let close = self.close.unwrap_or(defaults.close);
         let worst_case = Attempts {
             timeout,
             retries,
+            timing,
             close,
         }
         .budget();
@@ -158,9 +194,61 @@ impl RawTarget {
             interval,
             timeout,
             retries,
+            timing,
             close,
         })
     }
+}
+
+/// The timing keys one table (`[defaults]` or a target) sets.
+struct TimingKeys<'a> {
+    mode: Option<TimingMode>,
+    min_timeout: &'a Option<Spanned<String>>,
+    max_retries: &'a Option<Spanned<u32>>,
+}
+
+/// The timing of a table: what it sets over what it inherits, for its `timeout`.
+fn validate_timing(
+    keys: TimingKeys<'_>,
+    timeout: Duration,
+    inherited: Timing,
+) -> Result<Timing, Invalid> {
+    let (inherited_min, inherited_max) = match inherited {
+        Timing::Adaptive {
+            min_timeout,
+            max_retries,
+        } => (min_timeout, max_retries),
+        Timing::Fixed => (DEFAULT_MIN_TIMEOUT, DEFAULT_MAX_RETRIES),
+    };
+    let set_min = optional_duration(keys.min_timeout, "min_timeout")?;
+    let max_retries = optional_retries(keys.max_retries, "max_retries")?.unwrap_or(inherited_max);
+    let mode = keys.mode.unwrap_or(match inherited {
+        Timing::Fixed => TimingMode::Fixed,
+        Timing::Adaptive { .. } => TimingMode::Adaptive,
+    });
+    if mode == TimingMode::Fixed {
+        return Ok(Timing::Fixed);
+    }
+    // An inherited lower bound above this table's timeout follows the timeout down; one set
+    // here must fit under it.
+    let min_timeout = match (set_min, keys.min_timeout) {
+        (Some(min), Some(set)) if min > timeout => {
+            return invalid(
+                set.span(),
+                format!(
+                    "min_timeout {} must not exceed timeout {}",
+                    format_duration(min),
+                    format_duration(timeout)
+                ),
+            );
+        }
+        (Some(min), _) => min,
+        _ => inherited_min.min(timeout),
+    };
+    Ok(Timing::Adaptive {
+        min_timeout,
+        max_retries,
+    })
 }
 
 fn validate_labels(
@@ -212,12 +300,12 @@ fn optional_duration(
     }
 }
 
-fn optional_retries(value: &Option<Spanned<u32>>) -> Result<Option<u32>, Invalid> {
+fn optional_retries(value: &Option<Spanned<u32>>, field: &str) -> Result<Option<u32>, Invalid> {
     match value {
         Some(r) if *r.get_ref() > MAX_RETRIES => invalid(
             r.span(),
             format!(
-                "retries {} too high: expected 0 to {MAX_RETRIES}",
+                "{field} {} too high: expected 0 to {MAX_RETRIES}",
                 r.get_ref()
             ),
         ),

@@ -32,10 +32,12 @@ use flate2::write::GzEncoder;
 use rayon::prelude::*;
 use tokio_util::sync::CancellationToken;
 
+mod hosts;
 pub mod table;
 pub mod text;
 
 use crate::exposition::table::{FAMILIES, TableText, render_table, with_headers};
+use crate::probe::Timings;
 use crate::state::StateTable;
 use crate::telemetry::Telemetry;
 
@@ -82,6 +84,8 @@ impl Replaced {
 pub struct Metrics {
     telemetry: Arc<Telemetry>,
     table: Arc<StateTable>,
+    /// What the scheduler's probes learned of each address.
+    timings: Arc<Timings>,
     /// The last rendering of the table.
     cached: Mutex<Option<Arc<RenderedTable>>>,
     /// Renderings replaced since, oldest first, while some response may still hold them.
@@ -95,10 +99,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    pub fn new(table: Arc<StateTable>, telemetry: Arc<Telemetry>) -> Metrics {
+    pub fn new(
+        table: Arc<StateTable>,
+        timings: Arc<Timings>,
+        telemetry: Arc<Telemetry>,
+    ) -> Metrics {
         Metrics {
             telemetry,
             table,
+            timings,
             cached: Mutex::new(None),
             replaced: Mutex::new(VecDeque::new()),
             min_pinned_bytes: MIN_PINNED_BYTES,
@@ -218,10 +227,11 @@ impl Metrics {
         self.cached.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The exporter's own metrics (self-metrics and process metrics) in `format`, with the
-    /// end of the exposition.
+    /// The per-address timing, the exporter's own metrics (self-metrics and process
+    /// metrics) in `format`, with the end of the exposition.
     fn own_metrics(&self, format: Format) -> String {
         let mut out = String::new();
+        hosts::write_hosts(&mut out, format, &self.timings.view());
         text::write_gathered(&mut out, format, &self.telemetry.gather());
         text::finish(&mut out, format);
         out
@@ -368,7 +378,11 @@ mod tests {
         let record = |state| record_all(&table, state);
         record(State::Closed);
         let telemetry = Arc::new(Telemetry::new().unwrap());
-        let metrics = Arc::new(Metrics::new(table.clone(), telemetry.clone()));
+        let metrics = Arc::new(Metrics::new(
+            table.clone(),
+            Default::default(),
+            telemetry.clone(),
+        ));
         let scrape_all = |gzip| {
             let scrapes: Vec<_> = (0..8)
                 .map(|_| {
@@ -433,7 +447,7 @@ mod tests {
         let table = range_table();
         record_all(&table, State::Closed);
         let telemetry = Arc::new(Telemetry::new().unwrap());
-        let metrics = Metrics::new(table, telemetry.clone());
+        let metrics = Metrics::new(table, Default::default(), telemetry.clone());
         let text = metrics.scrape(Format::Text, false).await.body;
         let om = metrics.scrape(Format::OpenMetrics, false).await.body;
         let om_gzip = metrics.scrape(Format::OpenMetrics, true).await.body;
@@ -477,7 +491,7 @@ mod tests {
     async fn renderings_held_by_responses_are_bounded_and_the_oldest_superseded() {
         let table = range_table();
         let telemetry = Arc::new(Telemetry::new().unwrap());
-        let mut metrics = Metrics::new(table.clone(), telemetry);
+        let mut metrics = Metrics::new(table.clone(), Default::default(), telemetry);
         record_all(&table, State::Closed);
         let one = metrics.scrape(Format::Text, false).await;
         let rendering: usize = one.body.iter().map(Bytes::len).sum();

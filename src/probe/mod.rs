@@ -4,6 +4,7 @@
 
 mod classify;
 mod tcp;
+pub mod timing;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -11,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 pub use classify::classify;
 pub use tcp::TcpProbe;
+pub use timing::Timings;
 
 use crate::domain::{Attempts, Reason, State};
 
@@ -40,7 +42,7 @@ impl Outcome {
 /// How a target's port is probed; the scheduler takes it as a parameter so that scheduling can
 /// be tested without sockets.
 pub trait Probe: Send + Sync + 'static {
-    /// Probes `addr`, trying again up to `attempts.retries` times while nothing answers within
-    /// `attempts.timeout`.
+    /// Probes `addr`, trying again while nothing answers, as `attempts` says (see
+    /// [`timing`] for adaptive timing).
     fn probe(&self, addr: SocketAddr, attempts: Attempts) -> impl Future<Output = Outcome> + Send;
 }

@@ -1,7 +1,10 @@
-//! The TCP connect probe: one non-blocking connect per attempt, closed with a reset.
+//! The TCP connect probe: one non-blocking connect per attempt, closed with a reset; the
+//! attempts' timeouts and count come from [`Timings`].
 
+use std::future::pending;
 use std::io;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use std::os::fd::AsFd;
@@ -13,25 +16,45 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::classify::{classify, classify_local};
+use super::timing::{AttemptPlan, Timings};
 use super::{Outcome, Probe};
-use crate::domain::{Attempts, Close, Reason, State};
+use crate::domain::{Attempts, Close, Reason, State, Timing};
 
 /// Probes with a full TCP connect, like `nmap -sT`; needs no privileges.
 ///
 /// ```
 /// use std::time::Duration;
-/// use port_exporter::domain::{Attempts, Close, State};
+/// use port_exporter::domain::{Attempts, Close, State, Timing};
 /// use port_exporter::probe::{Probe, TcpProbe};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-/// let attempts = Attempts { timeout: Duration::from_secs(1), retries: 1, close: Close::Reset };
-/// let outcome = TcpProbe.probe(listener.local_addr().unwrap(), attempts).await;
+/// let attempts = Attempts {
+///     timeout: Duration::from_secs(1),
+///     retries: 1,
+///     timing: Timing::Fixed,
+///     close: Close::Reset,
+/// };
+/// let outcome = TcpProbe::default().probe(listener.local_addr().unwrap(), attempts).await;
 /// assert_eq!(outcome.state, State::Open);
 /// # });
 /// ```
-#[derive(Clone, Copy, Debug, Default)]
-pub struct TcpProbe;
+#[derive(Clone, Debug, Default)]
+pub struct TcpProbe {
+    timings: Arc<Timings>,
+}
+
+impl TcpProbe {
+    /// A probe that learns into (and takes its timeouts from) `timings`.
+    pub fn new(timings: Arc<Timings>) -> TcpProbe {
+        TcpProbe { timings }
+    }
+
+    /// What this probe learned of every address.
+    pub fn timings(&self) -> &Arc<Timings> {
+        &self.timings
+    }
+}
 
 enum Attempt {
     Answered(io::Result<()>),
@@ -41,45 +64,167 @@ enum Attempt {
     SelfConnected,
 }
 
+/// A connect the network has not answered yet.
+struct Pending {
+    stream: TcpStream,
+    started: Instant,
+    /// Which attempt of its probe this is (1 for the first).
+    number: u32,
+}
+
+/// What one attempt heard: the answer, and which attempt it answers.
+struct Heard {
+    attempt: Attempt,
+    started: Instant,
+    number: u32,
+}
+
 impl Probe for TcpProbe {
     async fn probe(&self, addr: SocketAddr, settings: Attempts) -> Outcome {
-        let attempts = settings.count();
-        let mut attempt = 0;
+        let ip = addr.ip();
+        let end = Instant::now() + settings.budget();
+        // The previous attempt, still listening for a late answer (adaptive timing).
+        let mut earlier: Option<Pending> = None;
+        let mut number = 0;
         loop {
-            attempt += 1;
+            number += 1;
+            if number > 1 {
+                self.timings.retransmitted(ip);
+            }
+            let plan = self.timings.plan(ip, &settings, number);
             let started = Instant::now();
-            let result = connect_once(addr, settings.timeout, settings.close).await;
-            let elapsed = started.elapsed();
-            let last = attempt >= attempts;
-            let (state, reason) = match result {
-                Attempt::SelfConnected if last => (State::Closed, Reason::SelfConnect),
-                Attempt::SelfConnected => continue,
-                Attempt::Answered(result) => classify(&result),
-                Attempt::RefusedLocally(error) => classify_local(&error),
+            let heard = match open(addr, settings.close) {
+                Opened::Settled(attempt) => Some(Heard {
+                    attempt,
+                    started,
+                    number,
+                }),
+                Opened::Pending(stream) => {
+                    let current = Pending {
+                        stream,
+                        started,
+                        number,
+                    };
+                    let heard = self
+                        .listen(&current, earlier.as_ref(), plan, &settings, end, addr)
+                        .await;
+                    earlier = plan.overlap.then_some(current);
+                    heard
+                }
+            };
+            let (state, reason, heard_after) = match heard {
+                None => (State::Filtered, Reason::NoResponse, None),
+                Some(heard) => {
+                    let (state, reason) = match heard.attempt {
+                        Attempt::Answered(result) => classify(&result),
+                        Attempt::RefusedLocally(error) => {
+                            let (state, reason) = classify_local(&error);
+                            return finished(state, reason, None);
+                        }
+                        Attempt::SelfConnected => {
+                            if number < self.timings.tries(ip, &settings) {
+                                earlier = None;
+                                continue;
+                            }
+                            return finished(State::Closed, Reason::SelfConnect, None);
+                        }
+                    };
+                    (state, reason, Some((heard.number, heard.started.elapsed())))
+                }
             };
             // Only silence is worth another try: any answer is the port's truth.
-            if reason == Reason::NoResponse && !last {
-                continue;
+            if reason == Reason::NoResponse {
+                if number < self.timings.tries(ip, &settings) && Instant::now() < end {
+                    continue;
+                }
+                return finished(state, reason, None);
             }
-            let answered = state != State::Error && reason != Reason::NoResponse;
-            return Outcome {
-                state,
-                reason,
-                connect: answered.then_some(elapsed),
-                at: SystemTime::now(),
-            };
+            let connect = heard_after.filter(|_| state != State::Error);
+            if let Some((answered, rtt)) = connect {
+                self.timings.answered(ip, answered, rtt);
+            }
+            return finished(state, reason, connect.map(|(_, rtt)| rtt));
         }
     }
 }
 
-async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Attempt {
+impl TcpProbe {
+    /// Waits for `current` (or the `earlier` attempt still listening) to be answered, within
+    /// the attempt's timeout and the probe's `end`; `None` on silence.
+    ///
+    /// The timeout is looked up again when it runs out (answers of other ports may have raised
+    /// it), and every `min_timeout` while it is not learned yet (they may have lowered it).
+    async fn listen(
+        &self,
+        current: &Pending,
+        earlier: Option<&Pending>,
+        mut plan: AttemptPlan,
+        settings: &Attempts,
+        end: Instant,
+        addr: SocketAddr,
+    ) -> Option<Heard> {
+        let recheck = match settings.timing {
+            Timing::Adaptive { min_timeout, .. } => min_timeout,
+            Timing::Fixed => settings.timeout,
+        };
+        let current_answer = current.answer(addr, settings.close);
+        let earlier_answer = async {
+            match earlier {
+                Some(earlier) => (earlier.answer(addr, settings.close).await, earlier),
+                None => pending().await,
+            }
+        };
+        tokio::pin!(current_answer, earlier_answer);
+        loop {
+            let deadline = (current.started + plan.timeout).min(end);
+            let wake = if plan.learned {
+                deadline
+            } else {
+                deadline.min(Instant::now() + recheck)
+            };
+            tokio::select! {
+                biased;
+                attempt = &mut current_answer => {
+                    return Some(Heard { attempt, started: current.started, number: current.number });
+                }
+                (attempt, earlier) = &mut earlier_answer => {
+                    return Some(Heard { attempt, started: earlier.started, number: earlier.number });
+                }
+                () = tokio::time::sleep_until(wake) => {
+                    let now = Instant::now();
+                    plan = self.timings.plan(addr.ip(), settings, current.number);
+                    if now >= deadline && (current.started + plan.timeout).min(end) <= now {
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn finished(state: State, reason: Reason, connect: Option<Duration>) -> Outcome {
+    Outcome {
+        state,
+        reason,
+        connect,
+        at: SystemTime::now(),
+    }
+}
+
+/// A connect just started: answered already, or pending.
+enum Opened {
+    Settled(Attempt),
+    Pending(TcpStream),
+}
+
+fn open(addr: SocketAddr, close: Close) -> Opened {
     let socket = match Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
         Some(Protocol::TCP),
     ) {
         Ok(socket) => socket,
-        Err(error) => return Attempt::Answered(Err(error)),
+        Err(error) => return Opened::Settled(Attempt::Answered(Err(error))),
     };
     // Set before connecting: this future may be dropped (a timeout, a cancelled /probe request,
     // a removed target) after the kernel finished the handshake but before we saw it, and that
@@ -87,7 +232,7 @@ async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Atte
     if close == Close::Reset {
         reset_on_close(&socket);
     }
-    match socket.connect(&addr.into()) {
+    let settled = match socket.connect(&addr.into()) {
         Ok(()) => connected(SockRef::from(&socket), addr, close),
         Err(error) if error.raw_os_error() != Some(Errno::EINPROGRESS as i32) => {
             Attempt::RefusedLocally(error)
@@ -95,9 +240,15 @@ async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Atte
         Err(_in_progress) => match settled(&socket) {
             Some(Ok(())) => connected(SockRef::from(&socket), addr, close),
             Some(Err(error)) => Attempt::Answered(Err(error)),
-            None => wait_for_answer(socket, addr, timeout, close).await,
+            None => {
+                return match TcpStream::from_std(socket.into()) {
+                    Ok(stream) => Opened::Pending(stream),
+                    Err(error) => Opened::Settled(Attempt::Answered(Err(error))),
+                };
+            }
         },
-    }
+    };
+    Opened::Settled(settled)
 }
 
 /// The connect's outcome if it is known already. On loopback and the host's own addresses the
@@ -112,24 +263,16 @@ fn settled(socket: &Socket) -> Option<io::Result<()>> {
     }
 }
 
-/// Waits on the reactor until the connect is answered, or `timeout`.
-async fn wait_for_answer(
-    socket: Socket,
-    addr: SocketAddr,
-    timeout: Duration,
-    close: Close,
-) -> Attempt {
-    let stream = match TcpStream::from_std(socket.into()) {
-        Ok(stream) => stream,
-        Err(error) => return Attempt::Answered(Err(error)),
-    };
-    match tokio::time::timeout(timeout, stream.writable()).await {
-        Err(_elapsed) => Attempt::Answered(Err(io::ErrorKind::TimedOut.into())),
-        Ok(Err(error)) => Attempt::Answered(Err(error)),
-        Ok(Ok(())) => match pending_error(SockRef::from(&stream)) {
-            Ok(()) => connected(SockRef::from(&stream), addr, close),
+impl Pending {
+    /// Waits on the reactor until the connect is answered.
+    async fn answer(&self, addr: SocketAddr, close: Close) -> Attempt {
+        match self.stream.writable().await {
             Err(error) => Attempt::Answered(Err(error)),
-        },
+            Ok(()) => match pending_error(SockRef::from(&self.stream)) {
+                Ok(()) => connected(SockRef::from(&self.stream), addr, close),
+                Err(error) => Attempt::Answered(Err(error)),
+            },
+        }
     }
 }
 
@@ -185,6 +328,144 @@ mod tests {
             .collect()
     }
 
+    /// A listener on 127.0.0.1 whose accept queue is full, so the kernel drops further SYNs,
+    /// with the connections that fill it (reset them to free the queue).
+    fn full_listener() -> (Socket, SocketAddr, Vec<std::net::TcpStream>) {
+        let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+        listener
+            .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+            .unwrap();
+        listener.listen(0).unwrap();
+        let addr = listener.local_addr().unwrap().as_socket().unwrap();
+        let fillers = (0..2)
+            .filter_map(|_| {
+                std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
+            })
+            .collect();
+        (listener, addr, fillers)
+    }
+
+    /// A port on 127.0.0.1 where nothing listens: answered at once with a reset.
+    fn closed_port() -> SocketAddr {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    }
+
+    fn adaptive(min_timeout: Duration) -> Attempts {
+        Attempts {
+            timeout: Duration::from_secs(2),
+            retries: 1,
+            timing: Timing::Adaptive {
+                min_timeout,
+                max_retries: 9,
+            },
+            close: Close::Reset,
+        }
+    }
+
+    #[tokio::test]
+    async fn silence_on_an_answering_address_costs_the_learned_timeouts_not_the_budget() {
+        let (_listener, silent, _fillers) = full_listener();
+        let prober = TcpProbe::default();
+        let attempts = adaptive(Duration::from_millis(100));
+        let closed = prober.probe(closed_port(), attempts).await;
+        assert_eq!(closed.state, State::Closed);
+        let started = Instant::now();
+        let outcome = prober.probe(silent, attempts).await;
+        let took = started.elapsed();
+        assert_eq!(
+            (outcome.state, outcome.reason),
+            (State::Filtered, Reason::NoResponse)
+        );
+        // 100 ms, then a retry of 200 ms: not 2 s x 2.
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_millis(900),
+            "{took:?}"
+        );
+        let learned = prober.timings().view();
+        assert_eq!(learned[0].retransmissions, 1);
+        assert_eq!(learned[0].retries, 1);
+        // Fixed timing waits what it is told, whatever was learned.
+        let fixed = Attempts {
+            timeout: Duration::from_millis(600),
+            retries: 1,
+            timing: Timing::Fixed,
+            close: Close::Reset,
+        };
+        let started = Instant::now();
+        prober.probe(silent, fixed).await;
+        assert!(started.elapsed() >= Duration::from_millis(1_200));
+    }
+
+    #[tokio::test]
+    async fn an_address_that_never_answered_costs_at_most_the_budget() {
+        let (_listener, silent, _fillers) = full_listener();
+        let prober = TcpProbe::default();
+        let attempts = Attempts {
+            timeout: Duration::from_millis(300),
+            ..adaptive(Duration::from_millis(100))
+        };
+        let started = Instant::now();
+        let outcome = prober.probe(silent, attempts).await;
+        let took = started.elapsed();
+        assert_eq!(outcome.state, State::Filtered);
+        assert!(
+            took >= Duration::from_millis(600) && took < Duration::from_millis(800),
+            "{took:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_unlearned_timeout_shortens_as_soon_as_the_address_answers() {
+        let (_listener, silent, _fillers) = full_listener();
+        let prober = TcpProbe::default();
+        let attempts = adaptive(Duration::from_millis(100));
+        let started = Instant::now();
+        let silent_probe = prober.probe(silent, attempts);
+        let answer_later = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            prober.probe(closed_port(), attempts).await
+        };
+        let (outcome, closed) = tokio::join!(silent_probe, answer_later);
+        assert_eq!(closed.state, State::Closed);
+        assert_eq!(outcome.state, State::Filtered);
+        // The first attempt began with the 2 s upper bound; the reset 50 ms in taught a
+        // timeout of 100 ms, so it ends at its next look (200 ms), and the retry 200 ms later.
+        let took = started.elapsed();
+        assert!(took < Duration::from_millis(900), "{took:?}");
+    }
+
+    #[tokio::test]
+    async fn a_late_answer_to_an_earlier_attempt_counts() {
+        let (listener, addr, fillers) = full_listener();
+        let prober = TcpProbe::default();
+        // Teach the address a 700 ms timeout: answers far quicker, lower bound 700 ms.
+        let attempts = adaptive(Duration::from_millis(700));
+        prober.probe(closed_port(), attempts).await;
+        let started = Instant::now();
+        let probing = prober.probe(addr, attempts);
+        let free_the_queue = async {
+            // Attempt 1's SYN (0 ms) and attempt 2's (700 ms) meet a full queue; the kernel
+            // sends attempt 1's again at 1 s, when the queue has room.
+            tokio::time::sleep(Duration::from_millis(850)).await;
+            for filler in &fillers {
+                reset_on_close(&SockRef::from(filler));
+            }
+            drop(fillers);
+            listener.set_nonblocking(true).unwrap();
+            while listener.accept().is_ok() {}
+        };
+        let (outcome, ()) = tokio::join!(probing, free_the_queue);
+        let took = started.elapsed();
+        assert_eq!(outcome.state, State::Open);
+        // Attempt 1's answer, at about 1 s, during attempt 2: attempt 2's own SYN would not
+        // be sent again before 1.7 s.
+        assert!(
+            took < Duration::from_millis(1_500),
+            "answered after {took:?}: the earlier attempt's answer was not heard"
+        );
+    }
+
     #[tokio::test]
     async fn a_probe_dropped_after_an_unseen_handshake_resets_its_connection() {
         // A listener with a full queue drops the probe's first SYN, so the probe waits on the
@@ -202,7 +483,14 @@ mod tests {
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
             })
             .collect();
-        let mut probe = Box::pin(connect_once(addr, Duration::from_secs(10), Close::Reset));
+        let prober = TcpProbe::default();
+        let attempts = Attempts {
+            timeout: Duration::from_secs(10),
+            retries: 0,
+            timing: Timing::Fixed,
+            close: Close::Reset,
+        };
+        let mut probe = Box::pin(prober.probe(addr, attempts));
         let waiting = tokio::time::timeout(Duration::from_millis(200), &mut probe).await;
         assert!(
             waiting.is_err(),

@@ -442,7 +442,7 @@ mod tests {
             telemetry.reloads.clone(),
         );
         Web {
-            metrics: Arc::new(Metrics::new(table.clone(), telemetry)),
+            metrics: Arc::new(Metrics::new(table.clone(), Default::default(), telemetry)),
             table,
             reloader: Arc::new(reloader),
             probe,

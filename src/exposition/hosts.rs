@@ -1,0 +1,105 @@
+//! The per-address timing families: what adaptive timing learned of each address, written
+//! fresh on every scrape (one line per address and family: small beside the table).
+
+use crate::families::{
+    Family, HOST_DROP_RATIO, HOST_RETRANSMISSIONS, HOST_RETRIES, HOST_RTT, HOST_RTT_VARIATION,
+    HOST_TIMEOUT,
+};
+use crate::probe::timing::AddressTiming;
+
+use super::text::{Format, Numbers, Out, push_label, push_line};
+
+/// A sample's value: a float, or a count written as an integer.
+enum Value {
+    Float(f64),
+    Count(u64),
+}
+
+/// Each family with the value of an address's series; `None`: the address has no series.
+type Column = (&'static Family, fn(&AddressTiming) -> Option<Value>);
+
+const COLUMNS: [Column; 6] = [
+    (&HOST_RTT, |a| {
+        a.rtt.map(|(srtt, _)| Value::Float(srtt.as_secs_f64()))
+    }),
+    (&HOST_RTT_VARIATION, |a| {
+        a.rtt.map(|(_, rttvar)| Value::Float(rttvar.as_secs_f64()))
+    }),
+    // Zero until a probe of the address started under adaptive timing.
+    (&HOST_TIMEOUT, |a| {
+        (!a.timeout.is_zero()).then_some(Value::Float(a.timeout.as_secs_f64()))
+    }),
+    (&HOST_DROP_RATIO, |a| Some(Value::Float(a.drop_ratio))),
+    (&HOST_RETRIES, |a| Some(Value::Count(u64::from(a.retries)))),
+    (&HOST_RETRANSMISSIONS, |a| {
+        Some(Value::Count(a.retransmissions))
+    }),
+];
+
+/// Writes every per-address timing family for `addresses`.
+pub fn write_hosts(out: &mut impl Out, format: Format, addresses: &[AddressTiming]) {
+    let mut numbers = Numbers::default();
+    let labels: Vec<String> = addresses
+        .iter()
+        .map(|address| {
+            let mut labels = String::from("{");
+            push_label(&mut labels, "ip", &address.ip.to_string());
+            labels
+        })
+        .collect();
+    for (family, value_of) in COLUMNS {
+        family.write_header(out, format);
+        for (address, labels) in addresses.iter().zip(&labels) {
+            let text = match value_of(address) {
+                Some(Value::Float(value)) => numbers.float(value),
+                Some(Value::Count(count)) => numbers.int(count),
+                None => continue,
+            };
+            push_line(out, family.name, labels, "} ", text);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::exposition::text::Format;
+
+    #[test]
+    fn every_address_has_its_series_and_unlearned_ones_no_rtt() {
+        let learned = AddressTiming {
+            ip: "::1".parse().unwrap(),
+            rtt: Some((Duration::from_micros(250), Duration::from_micros(125))),
+            drop_ratio: 0.25,
+            timeout: Duration::from_millis(100),
+            retries: 3,
+            retransmissions: 7,
+        };
+        let silent = AddressTiming {
+            ip: "198.18.0.1".parse().unwrap(),
+            rtt: None,
+            drop_ratio: 0.0,
+            timeout: Duration::from_secs(2),
+            retries: 1,
+            retransmissions: 0,
+        };
+        let mut out = String::new();
+        write_hosts(&mut out, Format::Text, &[learned, silent]);
+        for line in [
+            "port_host_rtt_seconds{ip=\"::1\"} 0.00025\n",
+            "port_host_rtt_variation_seconds{ip=\"::1\"} 0.000125\n",
+            "port_host_timeout_seconds{ip=\"::1\"} 0.1\n",
+            "port_host_drop_ratio{ip=\"::1\"} 0.25\n",
+            "port_host_retries{ip=\"::1\"} 3\n",
+            "port_host_retransmissions_total{ip=\"::1\"} 7\n",
+            "port_host_timeout_seconds{ip=\"198.18.0.1\"} 2.0\n",
+            "port_host_retries{ip=\"198.18.0.1\"} 1\n",
+            "# TYPE port_host_retransmissions_total counter\n",
+        ] {
+            assert!(out.contains(line), "{line:?} missing from\n{out}");
+        }
+        assert!(!out.contains("port_host_rtt_seconds{ip=\"198.18.0.1\"}"));
+    }
+}
