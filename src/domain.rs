@@ -6,6 +6,7 @@
 //! never disagree.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -206,12 +207,14 @@ pub enum Close {
 }
 
 /// How to probe one address: the budget of an attempt, how many more attempts silence gets,
-/// and how to close.
+/// how to close, and the local address to connect from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempts {
     pub timeout: Duration,
     pub retries: u32,
     pub close: Close,
+    /// Bound (port 0) before connecting; `None`: the kernel picks the source.
+    pub source: Option<IpAddr>,
 }
 
 impl Attempts {
@@ -226,7 +229,7 @@ impl Attempts {
     /// ```
     /// use std::time::Duration;
     /// use port_exporter::domain::{Attempts, Close};
-    /// let attempts = Attempts { timeout: Duration::from_secs(2), retries: 1, close: Close::Reset };
+    /// let attempts = Attempts { timeout: Duration::from_secs(2), retries: 1, close: Close::Reset, source: None };
     /// assert_eq!(attempts.budget(), Duration::from_secs(4));
     /// ```
     pub fn budget(&self) -> Duration {

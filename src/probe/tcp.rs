@@ -25,7 +25,7 @@ use crate::domain::{Attempts, Close, Reason, State};
 ///
 /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
 /// let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-/// let attempts = Attempts { timeout: Duration::from_secs(1), retries: 1, close: Close::Reset };
+/// let attempts = Attempts { timeout: Duration::from_secs(1), retries: 1, close: Close::Reset, source: None };
 /// let outcome = TcpProbe.probe(listener.local_addr().unwrap(), attempts).await;
 /// assert_eq!(outcome.state, State::Open);
 /// # });
