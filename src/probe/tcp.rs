@@ -1,7 +1,7 @@
 //! The TCP connect probe: one non-blocking connect per attempt, closed with a reset.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, SystemTime};
 
 use std::os::fd::AsFd;
@@ -48,7 +48,8 @@ impl Probe for TcpProbe {
         loop {
             attempt += 1;
             let started = Instant::now();
-            let result = connect_once(addr, settings.timeout, settings.close).await;
+            let result =
+                connect_once(addr, settings.timeout, settings.close, settings.source).await;
             let elapsed = started.elapsed();
             let last = attempt >= attempts;
             let (state, reason) = match result {
@@ -72,7 +73,12 @@ impl Probe for TcpProbe {
     }
 }
 
-async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Attempt {
+async fn connect_once(
+    addr: SocketAddr,
+    timeout: Duration,
+    close: Close,
+    source: Option<IpAddr>,
+) -> Attempt {
     let socket = match Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
@@ -81,6 +87,9 @@ async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Atte
         Ok(socket) => socket,
         Err(error) => return Attempt::Answered(Err(error)),
     };
+    if let Err(error) = bind_source(&socket, source) {
+        return Attempt::RefusedLocally(error);
+    }
     // Set before connecting: this future may be dropped (a timeout, a cancelled /probe request,
     // a removed target) after the kernel finished the handshake but before we saw it, and that
     // socket must be reset too, or the listener's side ends in TIME_WAIT.
@@ -97,6 +106,16 @@ async fn connect_once(addr: SocketAddr, timeout: Duration, close: Close) -> Atte
             Some(Err(error)) => Attempt::Answered(Err(error)),
             None => wait_for_answer(socket, addr, timeout, close).await,
         },
+    }
+}
+
+/// Binds the socket to `source` (port 0: the kernel picks the port) before it connects, for a
+/// target with a `source_address`. A failure (EADDRNOTAVAIL: the address is not on this machine)
+/// is the prober's own, like an error of connect() itself: no packet left.
+fn bind_source(socket: &Socket, source: Option<IpAddr>) -> io::Result<()> {
+    match source {
+        Some(ip) => socket.bind(&SocketAddr::new(ip, 0).into()),
+        None => Ok(()),
     }
 }
 
@@ -202,7 +221,12 @@ mod tests {
                 std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(300)).ok()
             })
             .collect();
-        let mut probe = Box::pin(connect_once(addr, Duration::from_secs(10), Close::Reset));
+        let mut probe = Box::pin(connect_once(
+            addr,
+            Duration::from_secs(10),
+            Close::Reset,
+            None,
+        ));
         let waiting = tokio::time::timeout(Duration::from_millis(200), &mut probe).await;
         assert!(
             waiting.is_err(),
