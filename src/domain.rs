@@ -6,6 +6,7 @@
 //! never disagree.
 
 use std::borrow::Cow;
+use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -220,7 +221,7 @@ pub enum Timing {
 }
 
 /// How to probe one address: the budget of an attempt, how many more attempts silence gets,
-/// how those are chosen, and how to close.
+/// how those are chosen, how to close, and the local address to connect from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Attempts {
     /// The timeout of every attempt ([`Timing::Fixed`]), or its upper bound and the timeout
@@ -231,6 +232,8 @@ pub struct Attempts {
     pub retries: u32,
     pub timing: Timing,
     pub close: Close,
+    /// Bound (port 0) before connecting; `None`: the kernel picks the source.
+    pub source: Option<IpAddr>,
 }
 
 impl Attempts {
@@ -252,6 +255,7 @@ impl Attempts {
     ///     retries: 1,
     ///     timing: Timing::Fixed,
     ///     close: Close::Reset,
+    ///     source: None,
     /// };
     /// assert_eq!(attempts.budget(), Duration::from_secs(4));
     /// ```

@@ -9,7 +9,7 @@
 //! |---|---|
 //! | [`domain`] | the shared words: [`domain::State`], [`domain::Reason`], [`domain::Expect`], [`domain::Attempts`] and its budget |
 //! | [`families`] | every metric family's name, HELP, type and labels, defined once |
-//! | [`config`] | the TOML file: raw serde structs, validated into [`config::Config`]; ports, durations, the `/probe` allow list |
+//! | [`config`] | the TOML file: raw serde structs, validated into [`config::Config`]; ports, durations, address selection, the `/probe` allow list |
 //! | [`probe`] | one probe of one address: the [`probe::Probe`] trait, the TCP connect probe, errno classification |
 //! | [`telemetry`] | the exporter's own metrics (a registry the layers above update) |
 //! | [`state`] | the state table, the single source of truth, read through [`state::StateTable::view`] |

@@ -120,11 +120,11 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "unknown_defaults_field",
-        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `expect`, `close`",
+        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `expect`, `close`, `ip_protocol`, `source_address`",
     ),
     (
         "unknown_field",
-        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `close`",
+        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `close`, `ip_protocol`, `source_address`",
     ),
     (
         "unknown_timing",
@@ -135,6 +135,46 @@ const CASES: &[(&str, &str)] = &[
         "1:2: unknown field `global`, expected one of `defaults`, `targets`, `probe`",
     ),
     ("zero_timeout", "2:11: timeout must be greater than zero"),
+    (
+        "bad_ip_protocol",
+        "4:15: unknown variant `ip4`, expected one of `both`, `ipv4`, `ipv6`",
+    ),
+    (
+        "host_family_not_ip_protocol",
+        "2:8: host 10.0.0.1 is an IPv4 address but ip_protocol = \"ipv6\"",
+    ),
+    (
+        "host_family_not_defaults_ip_protocol",
+        "5:8: host ::1 is an IPv6 address but ip_protocol = \"ipv4\"",
+    ),
+    (
+        "bad_source_address",
+        "4:18: invalid source_address \"eth0\": expected an IPv4 or an IPv6 address",
+    ),
+    (
+        "source_address_unspecified",
+        "2:18: invalid source_address 0.0.0.0: expected an address of this machine, not an unspecified or multicast one",
+    ),
+    (
+        "source_address_not_string",
+        "4:18: invalid type: integer `1`, expected a string",
+    ),
+    (
+        "source_address_not_ip_protocol",
+        "5:18: source_address 198.18.0.2 is an IPv4 address but ip_protocol = \"ipv6\"",
+    ),
+    (
+        "defaults_source_address_not_ip_protocol",
+        "3:18: source_address fd00::2 is an IPv6 address but ip_protocol = \"ipv4\"",
+    ),
+    (
+        "defaults_source_address_not_target_ip_protocol",
+        "7:15: source_address 198.18.0.2 of [defaults] is an IPv4 address but ip_protocol = \"ipv6\"",
+    ),
+    (
+        "host_family_not_source_address",
+        "5:8: host ::1 is an IPv6 address but source_address 198.18.0.2 is an IPv4 address",
+    ),
 ];
 
 fn fixture(name: &str) -> String {

@@ -6,7 +6,8 @@
 //! seed; a failure prints the shrunk input):
 //! - arbitrary strings, and strings over TOML's punctuation;
 //! - valid configs generated from a model (targets, hosts, ports and ranges, exclude,
-//!   durations, labels, unicode names, table styles) must parse, with the model's port counts;
+//!   durations, labels, ip_protocol and source_address, unicode names, table styles) must
+//!   parse, with the model's port counts;
 //! - those valid configs mutated (values of other types, unknown keys, huge numbers, broken
 //!   ranges and durations, deep nesting, truncation, stray bytes): no panic, and either a
 //!   located rejection or a config that keeps the loader's invariants.
@@ -97,6 +98,15 @@ fn check_invariants(config: &Config) -> Result<(), TestCaseError> {
         prop_assert!(!t.interval.is_zero() && !t.timeout.is_zero());
         prop_assert!(t.retries <= 10);
         prop_assert!(t.timeout * (t.retries + 1) <= t.interval);
+        // A literal host, and the source address, are of the family probed.
+        let family = t.family();
+        if let Ok(ip) = t.host.parse::<std::net::IpAddr>() {
+            prop_assert!(family.admits(ip), "{}: host {} not {}", t.name, ip, family);
+        }
+        if let Some(source) = t.source_address {
+            prop_assert!(t.ip_protocol.admits(source) && family.admits(source));
+            prop_assert_eq!(t.attempts().source, Some(source));
+        }
         for (name, _) in &t.labels {
             prop_assert!(
                 !["target", "host", "port", "ip", "state", "reason"].contains(&name.as_str())
@@ -127,6 +137,9 @@ struct ModelTarget {
     labels: Vec<(String, String)>,
     /// interval, timeout (ms), retries, and how each duration is spelled
     timing: Option<(u64, u64, u32, usize, usize)>,
+    /// `ip_protocol` and `source_address`, consistent with each other and a literal host
+    ip_protocol: Option<&'static str>,
+    source_address: Option<&'static str>,
 }
 
 #[derive(Clone, Debug)]
@@ -270,6 +283,20 @@ impl Model {
                 toml_str(&duration_text(timeout, b))
             ));
             fields.push(format!("{} = {retries}", self.key("retries")));
+        }
+        if let Some(ip_protocol) = t.ip_protocol {
+            fields.push(format!(
+                "{} = {}",
+                self.key("ip_protocol"),
+                toml_str(ip_protocol)
+            ));
+        }
+        if let Some(source) = t.source_address {
+            fields.push(format!(
+                "{} = {}",
+                self.key("source_address"),
+                toml_str(source)
+            ));
         }
         fields
     }
@@ -437,6 +464,42 @@ fn timing_strategy() -> impl Strategy<Value = Option<(u64, u64, u32, usize, usiz
     )
 }
 
+/// Source addresses the model picks from, by family.
+const SOURCES_V4: [&str; 2] = ["198.18.0.2", "10.1.2.3"];
+const SOURCES_V6: [&str; 3] = ["fd00::2", "[2001:db8::1]", "::1"];
+
+/// An `ip_protocol` and a `source_address` (each maybe absent) that agree with each other and
+/// with `host` when it is an IP literal, picked by `protocol` and `source`.
+fn address_selection(
+    host: &str,
+    protocol: Option<usize>,
+    source: Option<usize>,
+) -> (Option<&'static str>, Option<&'static str>) {
+    let literal = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .parse::<std::net::IpAddr>()
+        .ok();
+    let protocols: &[&str] = match literal {
+        None => &["both", "ipv4", "ipv6"],
+        Some(ip) if ip.is_ipv4() => &["both", "ipv4"],
+        Some(_) => &["both", "ipv6"],
+    };
+    let ip_protocol = protocol.map(|p| protocols[p % protocols.len()]);
+    let v4 = match (ip_protocol, literal) {
+        (Some("ipv4"), _) => Some(true),
+        (Some("ipv6"), _) => Some(false),
+        (_, Some(ip)) => Some(ip.is_ipv4()),
+        _ => None,
+    };
+    let sources: Vec<&str> = match v4 {
+        Some(true) => SOURCES_V4.to_vec(),
+        Some(false) => SOURCES_V6.to_vec(),
+        None => [SOURCES_V4.as_slice(), SOURCES_V6.as_slice()].concat(),
+    };
+    (ip_protocol, source.map(|s| sources[s % sources.len()]))
+}
+
 fn target_strategy() -> impl Strategy<Value = ModelTarget> {
     (
         prop::option::of(name_strategy()),
@@ -449,17 +512,23 @@ fn target_strategy() -> impl Strategy<Value = ModelTarget> {
         prop::option::of(prop::sample::select(vec!["reset", "graceful"])),
         labels_strategy(),
         timing_strategy(),
+        (prop::option::of(0usize..3), prop::option::of(0usize..5)),
     )
         .prop_map(
-            |(name, host, ports, pick, expect, close, labels, timing)| ModelTarget {
-                name,
-                exclude: exclude_for(&ports, pick),
-                host,
-                ports,
-                expect,
-                close,
-                labels,
-                timing,
+            |(name, host, ports, pick, expect, close, labels, timing, (protocol, source))| {
+                let (ip_protocol, source_address) = address_selection(&host, protocol, source);
+                ModelTarget {
+                    name,
+                    exclude: exclude_for(&ports, pick),
+                    host,
+                    ports,
+                    expect,
+                    close,
+                    labels,
+                    timing,
+                    ip_protocol,
+                    source_address,
+                }
             },
         )
 }
@@ -610,7 +679,8 @@ impl TypedValues {
             "retries" => self.retries.clone(),
             "host" | "name" => self.host.clone(),
             "labels" => self.labels.clone(),
-            "expect" | "close" => self.word.clone(),
+            "expect" | "close" | "ip_protocol" => self.word.clone(),
+            "source_address" => self.host.clone(),
             // a label's value: any string is fine; make it a long one
             _ => toml_str(&"é".repeat(10_000)),
         }
@@ -654,6 +724,9 @@ fn typed_values_strategy() -> impl Strategy<Value = TypedValues> {
             "\\PC{0,10}",
             (60usize..70).prop_map(|n| "a".repeat(n)),
             (250usize..260).prop_map(|n| vec!["a"; n / 2].join(".")),
+            // literals of either family, for hosts and source addresses of the wrong one
+            prop::sample::select(vec!["10.0.0.1", "::1", "[fd00::2]", "0.0.0.0", "ff02::1"])
+                .prop_map(str::to_string),
         ]
         .prop_map(|h| toml_str(&h)),
         prop::collection::btree_map("[a-zA-Z_0-9]{0,6}|\\PC{1,4}", "\\PC{0,4}", 0..3).prop_map(
@@ -667,7 +740,7 @@ fn typed_values_strategy() -> impl Strategy<Value = TypedValues> {
         ),
         prop_oneof![
             prop::sample::select(vec![
-                "open", "Open", "not-open", "reset", "graceful", "any", ""
+                "open", "Open", "not-open", "reset", "graceful", "any", "ipv4", "ipv6", "both", ""
             ])
             .prop_map(str::to_string),
             "\\PC{0,8}",
@@ -689,8 +762,24 @@ fn typed_values_strategy() -> impl Strategy<Value = TypedValues> {
 fn key_strategy() -> impl Strategy<Value = String> {
     prop_oneof![
         prop::sample::select(vec![
-            "name", "host", "ports", "exclude", "expect", "close", "labels", "interval", "timeout",
-            "retries", "allow", "defaults", "targets", "probe", "target", "port",
+            "name",
+            "host",
+            "ports",
+            "exclude",
+            "expect",
+            "close",
+            "labels",
+            "interval",
+            "timeout",
+            "retries",
+            "allow",
+            "defaults",
+            "targets",
+            "probe",
+            "target",
+            "port",
+            "ip_protocol",
+            "source_address",
         ])
         .prop_map(str::to_string),
         "[a-z_]{1,12}",
@@ -841,6 +930,12 @@ proptest! {
                 prop_assert_eq!(got.timeout, Duration::from_millis(timeout));
                 prop_assert_eq!(got.retries, retries);
             }
+            let ip_protocol = got.ip_protocol.as_str();
+            prop_assert_eq!(ip_protocol, want.ip_protocol.unwrap_or("both"), "{}", text);
+            let source = want.source_address.map(|s| {
+                s.trim_start_matches('[').trim_end_matches(']').parse().unwrap()
+            });
+            prop_assert_eq!(got.source_address, source, "{}", text);
         }
         prop_assert_eq!(config.probe_allow.is_empty(), model.allow.is_empty());
         prop_assert_eq!(config.source, text);

@@ -9,18 +9,22 @@
 //! - [`ports`]: `ports` and `exclude` as range algebra;
 //! - [`duration`]: Prometheus-style durations;
 //! - [`allow`]: the `/probe` allow list (networks and host name patterns);
-//! - [`host`]: what a host may be.
+//! - [`host`]: what a host may be;
+//! - [`address`]: which of a host's addresses are probed, and from which source address.
 
+pub mod address;
 pub mod allow;
 pub mod duration;
 pub mod host;
 pub mod ports;
 mod raw;
 
+use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
 use std::time::Duration;
 
+pub use address::IpProtocol;
 pub use allow::AllowList;
 
 use crate::domain::{Attempts, Close, Expect, Timing};
@@ -38,6 +42,10 @@ pub struct Defaults {
     pub timing: Timing,
     pub expect: Expect,
     pub close: Close,
+    /// Which addresses of a name are probed (for `/probe` too).
+    pub ip_protocol: IpProtocol,
+    /// The local address probes bind to before they connect (for `/probe` too).
+    pub source_address: Option<IpAddr>,
 }
 
 /// The adaptive lower bound of an attempt's timeout, as nmap's `--min-rtt-timeout`: below it a
@@ -60,6 +68,8 @@ impl Default for Defaults {
             },
             expect: Expect::Any,
             close: Close::Reset,
+            ip_protocol: IpProtocol::Both,
+            source_address: None,
         }
     }
 }
@@ -96,6 +106,10 @@ pub struct Target {
     pub retries: u32,
     pub timing: Timing,
     pub close: Close,
+    /// Which addresses of the host are probed, as written; see [`Target::family`].
+    pub ip_protocol: IpProtocol,
+    /// The local address probes bind to before they connect; `None`: the kernel's choice.
+    pub source_address: Option<IpAddr>,
 }
 
 impl Target {
@@ -106,7 +120,13 @@ impl Target {
             retries: self.retries,
             timing: self.timing,
             close: self.close,
+            source: self.source_address,
         }
+    }
+
+    /// The address families probed: `ip_protocol`, narrowed to the source address's family.
+    pub fn family(&self) -> IpProtocol {
+        address::family(self.ip_protocol, self.source_address)
     }
 }
 
@@ -136,7 +156,13 @@ impl Defaults {
             retries: self.retries,
             timing: self.timing,
             close: self.close,
+            source: self.source_address,
         }
+    }
+
+    /// The address families `/probe` probes: `ip_protocol`, narrowed to the source address's.
+    pub fn family(&self) -> IpProtocol {
+        address::family(self.ip_protocol, self.source_address)
     }
 }
 
@@ -348,6 +374,103 @@ mod tests {
         let listed = &config.targets[1];
         assert_eq!(listed.ports, [22, 100, 102]);
         assert_eq!(listed.listed, [22]);
+    }
+
+    #[test]
+    fn address_selection_defaults_to_both_families_and_no_source() {
+        let config = Config::parse("[[targets]]\nhost = \"h\"\nports = [1]\n", "t").unwrap();
+        let t = &config.targets[0];
+        assert_eq!((t.ip_protocol, t.source_address), (IpProtocol::Both, None));
+        assert_eq!(t.family(), IpProtocol::Both);
+        assert_eq!(t.attempts().source, None);
+        assert_eq!(config.defaults.family(), IpProtocol::Both);
+    }
+
+    #[test]
+    fn address_selection_comes_from_defaults_or_the_target_and_a_source_narrows_both() {
+        let text = r#"
+            [defaults]
+            source_address = "198.18.0.2"
+            [[targets]]
+            name = "from-defaults"
+            host = "h"
+            ports = [1]
+            [[targets]]
+            name = "own-source"
+            host = "[::1]"
+            ports = [1]
+            source_address = "[fd00::2]"
+            [[targets]]
+            name = "v4-only"
+            host = "h"
+            ports = [1]
+            ip_protocol = "ipv4"
+        "#;
+        let config = Config::parse(text, "t").unwrap();
+        let v4: IpAddr = "198.18.0.2".parse().unwrap();
+        let v6: IpAddr = "fd00::2".parse().unwrap();
+        assert_eq!(config.defaults.source_address, Some(v4));
+        assert_eq!(config.defaults.attempts().source, Some(v4));
+        // "both" with an IPv4 source probes IPv4 addresses only, for /probe too.
+        assert_eq!(config.defaults.family(), IpProtocol::Ipv4);
+        let [defaults, own, v4_only] = &config.targets[..] else {
+            panic!("three targets")
+        };
+        assert_eq!(defaults.ip_protocol, IpProtocol::Both);
+        assert_eq!(defaults.family(), IpProtocol::Ipv4);
+        assert_eq!(defaults.attempts().source, Some(v4));
+        assert_eq!(own.family(), IpProtocol::Ipv6);
+        assert_eq!(own.attempts().source, Some(v6));
+        assert_eq!(v4_only.ip_protocol, IpProtocol::Ipv4);
+        assert_eq!(v4_only.attempts().source, Some(v4));
+        let ipv6 = Config::parse(
+            "[defaults]\nip_protocol = \"ipv6\"\n[[targets]]\nhost = \"::1\"\nports = [1]\n",
+            "t",
+        )
+        .unwrap();
+        assert_eq!(ipv6.targets[0].family(), IpProtocol::Ipv6);
+    }
+
+    #[test]
+    fn address_selection_errors_name_the_conflict_where_the_target_sets_it() {
+        let error = |text: &str| Config::parse(text, "t").unwrap_err().to_string();
+        let target = "[[targets]]\nhost = \"h\"\nports = [1]\n";
+        let cases = [
+            (
+                format!("{target}ip_protocol = \"v6\"\n"),
+                "t:4:15: unknown variant `v6`, expected one of `both`, `ipv4`, `ipv6`",
+            ),
+            (
+                format!("{target}source_address = \"198.18.0\"\n"),
+                "t:4:18: invalid source_address \"198.18.0\": expected an IPv4 or an IPv6 address",
+            ),
+            (
+                format!("{target}source_address = \"ff02::1\"\n"),
+                "t:4:18: invalid source_address ff02::1: expected an address of this machine, not an unspecified or multicast one",
+            ),
+            (
+                format!("{target}ip_protocol = \"ipv4\"\nsource_address = \"::1\"\n"),
+                "t:5:18: source_address ::1 is an IPv6 address but ip_protocol = \"ipv4\"",
+            ),
+            (
+                format!("[defaults]\nsource_address = \"::1\"\n{target}ip_protocol = \"ipv4\"\n"),
+                "t:6:15: source_address ::1 of [defaults] is an IPv6 address but ip_protocol = \"ipv4\"",
+            ),
+            (
+                "[[targets]]\nhost = \"[::1]\"\nports = [1]\nip_protocol = \"ipv4\"\n".into(),
+                "t:2:8: host ::1 is an IPv6 address but ip_protocol = \"ipv4\"",
+            ),
+            (
+                "[[targets]]\nhost = \"127.0.0.1\"\nports = [1]\nsource_address = \"::1\"\n".into(),
+                "t:2:8: host 127.0.0.1 is an IPv4 address but source_address ::1 is an IPv6 address",
+            ),
+        ];
+        for (text, message) in cases {
+            assert_eq!(error(&text), message, "{text}");
+        }
+        // A target's own source of the family its ip_protocol names overrides the default's.
+        let overridden = "[defaults]\nsource_address = \"::1\"\n[[targets]]\nhost = \"h\"\nports = [1]\nip_protocol = \"ipv4\"\nsource_address = \"127.0.0.2\"\n";
+        assert!(Config::parse(overridden, "t").is_ok());
     }
 
     #[test]

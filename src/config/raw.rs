@@ -2,12 +2,14 @@
 //! span, so validation can say where a bad value is.
 
 use std::collections::{BTreeMap, HashSet};
+use std::net::IpAddr;
 use std::ops::Range;
 use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::address::{IpProtocol, check_source_family, conflict, validate_source_address};
 use super::allow::validate_allow_list;
 use super::duration::{format_duration, parse_duration};
 use super::host::validate_host;
@@ -50,6 +52,8 @@ struct RawDefaults {
     max_retries: Option<Spanned<u32>>,
     expect: Option<Expect>,
     close: Option<Close>,
+    ip_protocol: Option<Spanned<IpProtocol>>,
+    source_address: Option<Spanned<String>>,
 }
 
 #[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -75,12 +79,15 @@ struct RawTarget {
     min_timeout: Option<Spanned<String>>,
     max_retries: Option<Spanned<u32>>,
     close: Option<Close>,
+    ip_protocol: Option<Spanned<IpProtocol>>,
+    source_address: Option<Spanned<String>>,
 }
 
 impl RawConfig {
     pub(super) fn validate(self) -> Result<Config, Invalid> {
         let builtin = Defaults::default();
         let d = &self.defaults;
+        let (ip_protocol, source_address) = d.address_selection()?;
         let defaults = Defaults {
             interval: optional_duration(&d.interval, "interval")?.unwrap_or(builtin.interval),
             timeout: optional_duration(&d.timeout, "timeout")?.unwrap_or(builtin.timeout),
@@ -88,6 +95,8 @@ impl RawConfig {
             timing: builtin.timing,
             expect: d.expect.unwrap_or(builtin.expect),
             close: d.close.unwrap_or(builtin.close),
+            ip_protocol,
+            source_address,
         };
         let defaults = Defaults {
             timing: validate_timing(
@@ -133,6 +142,7 @@ impl RawConfig {
 impl RawTarget {
     fn validate(self, defaults: &Defaults, span: Range<usize>) -> Result<Target, Invalid> {
         let host = validate_host(&self.host)?;
+        let (ip_protocol, source_address) = self.address_selection(&host, defaults)?;
         let name = match &self.name {
             Some(name) if name.get_ref().trim().is_empty() => {
                 return invalid(name.span(), "target name must not be empty");
@@ -164,6 +174,7 @@ impl RawTarget {
             retries,
             timing,
             close,
+            source: None,
         }
         .budget();
         if worst_case > interval {
@@ -196,6 +207,8 @@ impl RawTarget {
             retries,
             timing,
             close,
+            ip_protocol,
+            source_address,
         })
     }
 }
@@ -249,6 +262,59 @@ fn validate_timing(
         min_timeout,
         max_retries,
     })
+}
+
+impl RawDefaults {
+    /// `[defaults]` `ip_protocol` and `source_address`: the source must be of a family that
+    /// `ip_protocol` allows.
+    fn address_selection(&self) -> Result<(IpProtocol, Option<IpAddr>), Invalid> {
+        let ip_protocol = self
+            .ip_protocol
+            .as_ref()
+            .map_or(IpProtocol::default(), |p| *p.get_ref());
+        let Some(raw_source) = &self.source_address else {
+            return Ok((ip_protocol, None));
+        };
+        let source = validate_source_address(raw_source)?;
+        check_source_family(Some(source), "", ip_protocol, raw_source.span())?;
+        Ok((ip_protocol, Some(source)))
+    }
+}
+
+impl RawTarget {
+    /// The target's `ip_protocol` and `source_address` (its own, else `[defaults]`'): they must
+    /// agree with each other and with an IP literal `host`.
+    fn address_selection(
+        &self,
+        host: &str,
+        defaults: &Defaults,
+    ) -> Result<(IpProtocol, Option<IpAddr>), Invalid> {
+        let ip_protocol = self
+            .ip_protocol
+            .as_ref()
+            .map_or(defaults.ip_protocol, |p| *p.get_ref());
+        let source = match &self.source_address {
+            Some(raw) => Some(validate_source_address(raw)?),
+            None => defaults.source_address,
+        };
+        // Point at whichever of the two the target sets itself (the source first): a conflict
+        // of two defaults was reported at [defaults].
+        let span = (self.source_address.as_ref().map(Spanned::span))
+            .or_else(|| self.ip_protocol.as_ref().map(Spanned::span));
+        if let Some(span) = span {
+            let whose = match self.source_address {
+                Some(_) => "",
+                None => " of [defaults]",
+            };
+            check_source_family(source, whose, ip_protocol, span)?;
+        }
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && let Some(why) = conflict(ip, ip_protocol, source)
+        {
+            return invalid(self.host.span(), format!("host {ip} {why}"));
+        }
+        Ok((ip_protocol, source))
+    }
 }
 
 fn validate_labels(

@@ -3,7 +3,7 @@
 
 use std::future::pending;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -34,6 +34,7 @@ use crate::domain::{Attempts, Close, Reason, State, Timing};
 ///     retries: 1,
 ///     timing: Timing::Fixed,
 ///     close: Close::Reset,
+///     source: None,
 /// };
 /// let outcome = TcpProbe::default().probe(listener.local_addr().unwrap(), attempts).await;
 /// assert_eq!(outcome.state, State::Open);
@@ -93,7 +94,7 @@ impl Probe for TcpProbe {
             }
             let plan = self.timings.plan(ip, &settings, number);
             let started = Instant::now();
-            let heard = match open(addr, settings.close) {
+            let heard = match open(addr, settings.close, settings.source) {
                 Opened::Settled(attempt) => Some(Heard {
                     attempt,
                     started,
@@ -217,7 +218,7 @@ enum Opened {
     Pending(TcpStream),
 }
 
-fn open(addr: SocketAddr, close: Close) -> Opened {
+fn open(addr: SocketAddr, close: Close, source: Option<IpAddr>) -> Opened {
     let socket = match Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
@@ -226,6 +227,9 @@ fn open(addr: SocketAddr, close: Close) -> Opened {
         Ok(socket) => socket,
         Err(error) => return Opened::Settled(Attempt::Answered(Err(error))),
     };
+    if let Err(error) = bind_source(&socket, source) {
+        return Opened::Settled(Attempt::RefusedLocally(error));
+    }
     // Set before connecting: this future may be dropped (a timeout, a cancelled /probe request,
     // a removed target) after the kernel finished the handshake but before we saw it, and that
     // socket must be reset too, or the listener's side ends in TIME_WAIT.
@@ -249,6 +253,16 @@ fn open(addr: SocketAddr, close: Close) -> Opened {
         },
     };
     Opened::Settled(settled)
+}
+
+/// Binds the socket to `source` (port 0: the kernel picks the port) before it connects, for a
+/// target with a `source_address`. A failure (EADDRNOTAVAIL: the address is not on this machine)
+/// is the prober's own, like an error of connect() itself: no packet left.
+fn bind_source(socket: &Socket, source: Option<IpAddr>) -> io::Result<()> {
+    match source {
+        Some(ip) => socket.bind(&SocketAddr::new(ip, 0).into()),
+        None => Ok(()),
+    }
 }
 
 /// The connect's outcome if it is known already. On loopback and the host's own addresses the
@@ -360,6 +374,7 @@ mod tests {
                 max_retries: 9,
             },
             close: Close::Reset,
+            source: None,
         }
     }
 
@@ -391,6 +406,7 @@ mod tests {
             retries: 1,
             timing: Timing::Fixed,
             close: Close::Reset,
+            source: None,
         };
         let started = Instant::now();
         prober.probe(silent, fixed).await;
@@ -489,6 +505,7 @@ mod tests {
             retries: 0,
             timing: Timing::Fixed,
             close: Close::Reset,
+            source: None,
         };
         let mut probe = Box::pin(prober.probe(addr, attempts));
         let waiting = tokio::time::timeout(Duration::from_millis(200), &mut probe).await;

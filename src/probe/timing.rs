@@ -284,6 +284,7 @@ mod tests {
                 max_retries: 9,
             },
             close: Close::Reset,
+            source: None,
         }
     }
 

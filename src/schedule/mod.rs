@@ -308,15 +308,18 @@ async fn run_round<P: Probe>(
     while probes.join_next().await.is_some() {}
 }
 
-/// Resolves the target's host to all its addresses (A and AAAA), recording the lookup in the
-/// table; `None` when it does not resolve within the target's budget.
+/// Resolves the target's host to all its addresses (A and AAAA) of the family probed,
+/// recording the lookup in the table; `None` when it does not resolve within the target's
+/// budget, or to no address of that family.
 async fn resolve<P: Probe>(shared: &Shared<P>, target: &Target) -> Option<Vec<IpAddr>> {
     if let Ok(ip) = target.host.parse::<IpAddr>() {
+        // The config makes sure an IP literal is of the family probed.
         return Some(vec![ip]);
     }
     let budget = target.attempts().budget();
     let started = Instant::now();
-    let addresses = match shared.resolver.resolve(&target.host, budget).await {
+    let answer = shared.resolver.resolve(&target.host, budget).await;
+    let addresses = match answer.and_then(|ips| resolve::of_family(ips, target.family())) {
         Ok(ips) => Some(ips),
         Err(error) => {
             tracing::debug!(target = %target.name, host = %target.host, %error, "lookup failed");

@@ -19,6 +19,8 @@ use std::time::Duration;
 use prometheus::IntGauge;
 use tokio::sync::{Semaphore, watch};
 
+use crate::config::IpProtocol;
+
 /// The most getaddrinfo calls the scheduler's resolver runs at once.
 pub const MAX_BLOCKING_LOOKUPS: usize = 32;
 /// The most names the scheduler's resolver tracks at once: far more than the distinct host
@@ -54,6 +56,9 @@ pub enum LookupError {
     Failed(String),
     #[error("the name has no addresses")]
     NoAddresses,
+    /// The name resolved, but to no address of the family probed (`ip_protocol`).
+    #[error("the name has no {0} addresses")]
+    NoAddressesOf(IpProtocol),
     #[error("no answer within {0:?}")]
     TimedOut(Duration),
     /// The resolver tracks as many names as it may; nothing was looked up.
@@ -149,6 +154,16 @@ impl Resolver {
     }
 }
 
+/// The addresses of `ips` that `family` admits; none is a lookup failure, as a name that does
+/// not resolve.
+pub fn of_family(ips: Vec<IpAddr>, family: IpProtocol) -> Answer {
+    let admitted: Vec<IpAddr> = ips.into_iter().filter(|ip| family.admits(*ip)).collect();
+    if admitted.is_empty() {
+        return Err(LookupError::NoAddressesOf(family));
+    }
+    Ok(admitted)
+}
+
 fn getaddrinfo(host: &str) -> Answer {
     let addrs = (host, 0)
         .to_socket_addrs()
@@ -186,6 +201,21 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(literal, ["127.0.0.9".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn only_addresses_of_the_family_probed_are_kept() {
+        let ips: Vec<IpAddr> = ["127.0.0.1", "::1", "10.0.0.1"]
+            .iter()
+            .map(|ip| ip.parse().unwrap())
+            .collect();
+        let v4 = of_family(ips.clone(), IpProtocol::Ipv4).unwrap();
+        assert_eq!(v4, [ips[0], ips[2]]);
+        assert_eq!(of_family(ips.clone(), IpProtocol::Ipv6), Ok(vec![ips[1]]));
+        assert_eq!(of_family(ips.clone(), IpProtocol::Both), Ok(ips));
+        let error = of_family(v4, IpProtocol::Ipv6).unwrap_err();
+        assert_eq!(error, LookupError::NoAddressesOf(IpProtocol::Ipv6));
+        assert_eq!(error.to_string(), "the name has no IPv6 addresses");
     }
 
     #[tokio::test]

@@ -27,6 +27,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use crate::config::Config;
+use crate::config::address::conflict;
 use crate::config::host::valid_host_name;
 use crate::domain::Expect;
 use crate::domain::{Attempts, State};
@@ -265,7 +266,18 @@ pub async fn probe<P: Probe + Clone>(
             };
             let took = lookup_started.elapsed();
             let _ = writeln!(trace, "resolved to {resolved:?} in {took:?}");
-            (resolved, Some(took))
+            // `[defaults]` ip_protocol and source_address: only addresses of that family. None
+            // left reads as a name that does not resolve.
+            let family = config.defaults.family();
+            let selected: Vec<IpAddr> = resolved
+                .iter()
+                .copied()
+                .filter(|ip| family.admits(*ip))
+                .collect();
+            if selected.len() < resolved.len() {
+                let _ = writeln!(trace, "{family} addresses only: {selected:?}");
+            }
+            (selected, Some(took))
         }
     };
     // The addresses checked are the ones connected to: no second lookup to rebind. The refusal
@@ -278,6 +290,16 @@ pub async fn probe<P: Probe + Clone>(
         )));
     } else {
         let _ = writeln!(trace, "allowed: every address is in the allow list");
+    }
+    // An IP literal of another family than `[defaults]` probes (or their source's) cannot be
+    // probed at all: the request asks for what this config does not do.
+    if let (None, [ip]) = (dns_lookup, addresses.as_slice()) {
+        let defaults = &config.defaults;
+        if let Some(why) = conflict(*ip, defaults.ip_protocol, defaults.source_address) {
+            return Err(Refusal::BadRequest(format!(
+                "target {target}: {ip} {why} in [defaults]"
+            )));
+        }
     }
 
     let left = deadline.saturating_duration_since(Instant::now());

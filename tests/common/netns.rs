@@ -70,6 +70,14 @@ impl Netns {
         Path::new("/etc/netns").join(&self.name)
     }
 
+    /// Adds `lines` (`address name`, one a line) to the namespace's hosts file.
+    pub fn add_hosts(&self, lines: &str) {
+        let path = self.etc().join("hosts");
+        let mut hosts = fs::read_to_string(&path).unwrap();
+        hosts.push_str(lines);
+        fs::write(path, hosts).unwrap();
+    }
+
     /// A command that runs inside the namespace.
     pub fn command(&self, argv: &[&str]) -> Command {
         let mut command = Command::new("ip");
