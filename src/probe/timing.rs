@@ -148,7 +148,7 @@ pub struct AttemptPlan {
     /// as soon as other ports of the address answer, so its wait looks again every
     /// `min_timeout`.
     pub learned: bool,
-    /// Whether the previous attempt's socket keeps listening during this one, so that a late
+    /// Whether this attempt's socket keeps listening during the next one, so that a late
     /// answer still counts.
     pub overlap: bool,
 }
@@ -204,7 +204,9 @@ impl Timings {
             AttemptPlan {
                 timeout,
                 learned: is_learned,
-                overlap: true,
+                // Only where answers come: a late one is then likely, and an address that never
+                // answered holds one socket per probe, as under fixed timing.
+                overlap: is_learned,
             }
         })
     }
@@ -293,7 +295,7 @@ mod tests {
         let timings = Timings::new();
         let plan = timings.plan(IP, &adaptive(), 1);
         assert_eq!(plan.timeout, Duration::from_secs(2));
-        assert!(!plan.learned);
+        assert!(!plan.learned && !plan.overlap);
         assert_eq!(timings.tries(IP, &adaptive()), 2);
         let none = Attempts {
             retries: 0,
