@@ -675,11 +675,11 @@ impl TypedValues {
     fn for_key(&self, key: &str) -> String {
         match key {
             "ports" | "exclude" => self.ports.clone(),
-            "interval" | "timeout" => self.duration.clone(),
-            "retries" => self.retries.clone(),
+            "interval" | "timeout" | "min_timeout" => self.duration.clone(),
+            "retries" | "max_retries" => self.retries.clone(),
             "host" | "name" => self.host.clone(),
             "labels" => self.labels.clone(),
-            "expect" | "close" | "ip_protocol" => self.word.clone(),
+            "expect" | "close" | "ip_protocol" | "timing" => self.word.clone(),
             "source_address" => self.host.clone(),
             // a label's value: any string is fine; make it a long one
             _ => toml_str(&"é".repeat(10_000)),
@@ -740,7 +740,8 @@ fn typed_values_strategy() -> impl Strategy<Value = TypedValues> {
         ),
         prop_oneof![
             prop::sample::select(vec![
-                "open", "Open", "not-open", "reset", "graceful", "any", "ipv4", "ipv6", "both", ""
+                "open", "Open", "not-open", "reset", "graceful", "any", "ipv4", "ipv6", "both",
+                "adaptive", "fixed", "Fixed", ""
             ])
             .prop_map(str::to_string),
             "\\PC{0,8}",
@@ -780,6 +781,9 @@ fn key_strategy() -> impl Strategy<Value = String> {
             "port",
             "ip_protocol",
             "source_address",
+            "timing",
+            "min_timeout",
+            "max_retries",
         ])
         .prop_map(str::to_string),
         "[a-z_]{1,12}",
