@@ -117,8 +117,11 @@ fn selectors_are_filtered_by_the_variables() {
         for vs in selectors(&ast) {
             let name = vs.name.as_deref().unwrap_or_default();
             // Per-port and per-target series (and rules over them) carry target and host;
-            // the exporter's own metrics and `up` only job.
-            let per_port = !name.starts_with("port_exporter_") && name != "up";
+            // the exporter's own metrics, its per-address timing (narrowed to the targets' by
+            // a join) and `up` only job.
+            let per_port = !name.starts_with("port_exporter_")
+                && !name.starts_with("port_host_")
+                && name != "up";
             // A variable's query is narrowed only by the variables before it.
             let wanted: &[&str] = match (q.kind, q.title.as_str()) {
                 (QueryKind::Variable, "variable job") => &[],

@@ -697,6 +697,8 @@ fn shipped_alerts_fire_and_resolve_and_dashboard_queries_evaluate() {
         "Open ports",
         "Ports per state",
         "Connect latency",
+        "Address round-trip time and timeout",
+        "Address drop ratio and retries",
     ] {
         assert!(
             with_data.iter().any(|t| t == title),
