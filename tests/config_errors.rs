@@ -116,7 +116,7 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "too_many_max_retries",
-        "2:15: max_retries 50 too high: expected 0 to 10",
+        "2:15: max_retries 50 too high: expected 0 to 20",
     ),
     (
         "unknown_defaults_field",

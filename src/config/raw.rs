@@ -23,6 +23,9 @@ const RESERVED_LABELS: [&str; 6] = ["target", "host", "port", "ip", "state", "re
 /// Upper bound for `retries`: more attempts only delay the verdict on a silent port.
 const MAX_RETRIES: u32 = 10;
 
+/// Upper bound for `max_retries`: adaptive retries are short, and only where answers are lost.
+const MAX_ADAPTIVE_RETRIES: u32 = 20;
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -91,7 +94,8 @@ impl RawConfig {
         let defaults = Defaults {
             interval: optional_duration(&d.interval, "interval")?.unwrap_or(builtin.interval),
             timeout: optional_duration(&d.timeout, "timeout")?.unwrap_or(builtin.timeout),
-            retries: optional_retries(&d.retries, "retries")?.unwrap_or(builtin.retries),
+            retries: optional_retries(&d.retries, "retries", MAX_RETRIES)?
+                .unwrap_or(builtin.retries),
             timing: builtin.timing,
             expect: d.expect.unwrap_or(builtin.expect),
             close: d.close.unwrap_or(builtin.close),
@@ -157,7 +161,8 @@ impl RawTarget {
         };
         let interval = optional_duration(&self.interval, "interval")?.unwrap_or(defaults.interval);
         let timeout = optional_duration(&self.timeout, "timeout")?.unwrap_or(defaults.timeout);
-        let retries = optional_retries(&self.retries, "retries")?.unwrap_or(defaults.retries);
+        let retries =
+            optional_retries(&self.retries, "retries", MAX_RETRIES)?.unwrap_or(defaults.retries);
         let timing = validate_timing(
             TimingKeys {
                 mode: self.timing,
@@ -234,7 +239,8 @@ fn validate_timing(
         Timing::Fixed => (DEFAULT_MIN_TIMEOUT, DEFAULT_MAX_RETRIES),
     };
     let set_min = optional_duration(keys.min_timeout, "min_timeout")?;
-    let max_retries = optional_retries(keys.max_retries, "max_retries")?.unwrap_or(inherited_max);
+    let max_retries = optional_retries(keys.max_retries, "max_retries", MAX_ADAPTIVE_RETRIES)?
+        .unwrap_or(inherited_max);
     let mode = keys.mode.unwrap_or(match inherited {
         Timing::Fixed => TimingMode::Fixed,
         Timing::Adaptive { .. } => TimingMode::Adaptive,
@@ -366,14 +372,15 @@ fn optional_duration(
     }
 }
 
-fn optional_retries(value: &Option<Spanned<u32>>, field: &str) -> Result<Option<u32>, Invalid> {
+fn optional_retries(
+    value: &Option<Spanned<u32>>,
+    field: &str,
+    max: u32,
+) -> Result<Option<u32>, Invalid> {
     match value {
-        Some(r) if *r.get_ref() > MAX_RETRIES => invalid(
+        Some(r) if *r.get_ref() > max => invalid(
             r.span(),
-            format!(
-                "{field} {} too high: expected 0 to {MAX_RETRIES}",
-                r.get_ref()
-            ),
+            format!("{field} {} too high: expected 0 to {max}", r.get_ref()),
         ),
         Some(r) => Ok(Some(*r.get_ref())),
         None => Ok(None),
