@@ -3,6 +3,7 @@
 #![allow(dead_code)] // each test crate uses its own subset of these helpers
 
 pub mod dashboard;
+pub mod delayer;
 pub mod netns;
 
 use std::collections::BTreeMap;

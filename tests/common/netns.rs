@@ -2,6 +2,7 @@
 //! there (the exporter binary, nmap, Prometheus). Needs root, iproute2, iptables, nmap,
 //! prometheus and promtool.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
@@ -100,6 +101,82 @@ impl Netns {
         })
         .join()
         .expect("namespace thread")
+    }
+
+    /// Runs `f` on a thread that has entered the namespace, and returns at once: for work that
+    /// must go on inside it (a packet queue's reader) while the test does other things.
+    pub fn enter_background<T: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> T + Send + 'static,
+    ) -> std::thread::JoinHandle<T> {
+        let path = Path::new("/run/netns").join(&self.name);
+        std::thread::spawn(move || {
+            let file = fs::File::open(&path).expect("namespace file");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+    }
+
+    /// Adds or removes an iptables rule given as one line (words split at spaces), e.g.
+    /// `-A INPUT -p tcp --dport 80 -j DROP`.
+    pub fn iptables(&self, rule: &str) {
+        let argv: Vec<&str> = ["iptables"].into_iter().chain(rule.split(' ')).collect();
+        self.run(&argv);
+    }
+
+    /// The packet counters of the rules of `chain` in the filter table, in rule order.
+    pub fn rule_packets(&self, chain: &str) -> Vec<u64> {
+        self.run(&["iptables", "-L", chain, "-v", "-x", "-n"])
+            .lines()
+            .skip(2)
+            .map(|line| {
+                let packets = line.split_whitespace().next().expect("a counter column");
+                packets.parse().expect("a packet count")
+            })
+            .collect()
+    }
+
+    /// Listeners on `ip` inside the namespace for every port of `ports`, all served by one
+    /// thread (a hundred ports cost one thread, not two hundred), that accept and drop
+    /// connections until the returned handle is dropped.
+    #[must_use = "the ports close when the handle is dropped"]
+    pub fn listen_on(&self, ip: &str, ports: &[u16]) -> Listening {
+        let ip: std::net::IpAddr = ip.parse().expect("an IP address");
+        let ports = ports.to_vec();
+        let listeners: Vec<TcpListener> = self.enter(move || {
+            ports
+                .iter()
+                .map(|&port| TcpListener::bind((ip, port)).expect("bind in namespace"))
+                .collect()
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+                use std::os::fd::AsFd;
+                for listener in &listeners {
+                    listener.set_nonblocking(true).unwrap();
+                }
+                while !stop.load(Ordering::Relaxed) {
+                    let mut fds: Vec<PollFd> = listeners
+                        .iter()
+                        .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+                        .collect();
+                    // Bounded, so that the stop flag is seen.
+                    let _ = poll(&mut fds, PollTimeout::from(50u16));
+                    for listener in &listeners {
+                        while let Ok((connection, _)) = listener.accept() {
+                            drop(connection);
+                        }
+                    }
+                }
+            })
+        };
+        Listening {
+            stop,
+            threads: vec![thread],
+        }
     }
 
     /// Listeners on 127.0.0.1 and ::1 inside the namespace that accept and drop connections
@@ -338,5 +415,73 @@ pub fn wait_for<T>(
             prometheus.log()
         );
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// What one nmap run found: the ports it lists with their state, its count per state of the
+/// ports it folds into `<extraports>`, and its wall time.
+pub struct NmapScan {
+    pub listed: BTreeMap<u16, String>,
+    pub folded: BTreeMap<String, usize>,
+    pub took: Duration,
+}
+
+impl NmapScan {
+    /// Ports in `state`, listed or folded.
+    pub fn count(&self, state: &str) -> usize {
+        self.listed.values().filter(|s| *s == state).count()
+            + self.folded.get(state).copied().unwrap_or(0)
+    }
+
+    /// The listed ports in `state`.
+    pub fn listed_in(&self, state: &str) -> Vec<u16> {
+        self.listed
+            .iter()
+            .filter(|(_, s)| *s == state)
+            .map(|(&port, _)| port)
+            .collect()
+    }
+}
+
+/// Runs `nmap ARGS -oX -` inside `ns` and reads its XML report.
+pub fn nmap_scan(ns: &Netns, args: &[&str]) -> NmapScan {
+    let argv: Vec<&str> = ["nmap"]
+        .iter()
+        .chain(args)
+        .chain(&["-oX", "-"])
+        .copied()
+        .collect();
+    let started = Instant::now();
+    let xml = ns.run(&argv);
+    let took = started.elapsed();
+    let attribute = |element: &str, name: &str| -> String {
+        let start = element.find(&format!("{name}=\"")).expect(name) + name.len() + 2;
+        element[start..].split('"').next().unwrap().to_string()
+    };
+    let listed = xml
+        .split("<port protocol=\"tcp\" ")
+        .skip(1)
+        .map(|element| {
+            let state_element = &element[element.find("<state ").unwrap()..];
+            (
+                attribute(element, "portid").parse().unwrap(),
+                attribute(state_element, "state"),
+            )
+        })
+        .collect();
+    let folded = xml
+        .split("<extraports ")
+        .skip(1)
+        .map(|element| {
+            (
+                attribute(element, "state"),
+                attribute(element, "count").parse().unwrap(),
+            )
+        })
+        .collect();
+    NmapScan {
+        listed,
+        folded,
+        took,
     }
 }
