@@ -143,7 +143,7 @@ pub const PROBES_IN_FLIGHT: Family = Family {
 };
 pub const PROBE_START_LATENESS: Family = Family {
     name: "port_exporter_probe_start_lateness_seconds",
-    help: "How late a probe started: its round's delay plus its wait for the concurrency cap (the pacer's spacing is planned, not late).",
+    help: "How late a probe started: its round's delay plus every wait of the round for the concurrency cap up to it (the pacer's spacing is planned, not late).",
     kind: Kind::Histogram,
     labels: &[],
 };

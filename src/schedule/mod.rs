@@ -273,6 +273,9 @@ async fn run_round<P: Probe>(
     let mut probes = JoinSet::new();
     let pairs = (0..ports.len() * addresses.len())
         .map(|i| (ports[i / addresses.len()], addresses[i % addresses.len()]));
+    // The round's waits for slots so far: each probe after a wait starts that much later than
+    // planned, so its lateness counts every wait before it, not only its own.
+    let mut slot_waits = Duration::ZERO;
     for (port, ip) in pairs {
         // A slot first, then the pacer: connects leave spaced even when slots free up at once.
         let waiting_since = Instant::now();
@@ -282,9 +285,10 @@ async fn run_round<P: Probe>(
             .acquire_owned()
             .await
             .expect("the semaphore is never closed");
-        // Lateness: the round's own delay plus the wait for a slot. The pacer's spacing is the
+        slot_waits += waiting_since.elapsed();
+        // Lateness: the round's own delay plus its waits for slots. The pacer's spacing is the
         // plan, not lateness.
-        let lateness = round_late + waiting_since.elapsed();
+        let lateness = round_late + slot_waits;
         shared.pacer.wait().await;
         shared
             .metrics
@@ -468,6 +472,41 @@ mod tests {
         ready.wait_for(|r| *r).await.unwrap();
         assert_eq!(probe.started.lock().unwrap().len(), 8);
         assert_eq!(probe.most_in_flight.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn lateness_counts_every_wait_for_a_slot_before_a_probe() {
+        let config = Config::parse(
+            "[defaults]\nretries = 0\n[[targets]]\nhost = \"127.0.0.1\"\nports = [\"2-5\"]",
+            "test",
+        )
+        .unwrap();
+        let telemetry = Telemetry::new().unwrap();
+        let (ready_tx, mut ready) = watch::channel(false);
+        let parts = SchedulerParts {
+            probe: FakeProbe::default(),
+            table: Arc::new(StateTable::new()),
+            metrics: telemetry.probes.clone(),
+            max_in_flight: 1,
+            max_per_second: 0,
+            resolver: Arc::new(Resolver::new(
+                telemetry.probes.dns_lookups_in_flight.clone(),
+            )),
+        };
+        let _scheduler = Scheduler::start(
+            parts,
+            &config,
+            ready_tx,
+            &TaskTracker::new(),
+            &CancellationToken::new(),
+        );
+        ready.wait_for(|r| *r).await.unwrap();
+        // One slot, four probes of 100 ms: planned at once, they start 0, 0.1, 0.2 and 0.3 s
+        // late (each one's own wait is only 0.1 s).
+        let lateness = &telemetry.probes.start_lateness;
+        assert_eq!(lateness.get_sample_count(), 4);
+        let sum = lateness.get_sample_sum();
+        assert!((0.55..0.65).contains(&sum), "{sum}");
     }
 
     #[tokio::test(start_paused = true)]
