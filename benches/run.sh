@@ -4,7 +4,9 @@
 #
 # Usage (as root):
 #   benches/run.sh [--smoke] [--out FILE] [--bin PATH]
-#     --smoke     tiny sizes and 1-2 s durations (well under a minute): checks the harness.
+#     --smoke     tiny sizes and 1-10 s durations (about a minute): checks the harness; g
+#                 scans ports 1-900 and 8000-8100, h runs 2 rounds, i probes 2 x 2000 pairs
+#                 every 6s with --probe.concurrency 8192.
 #                 Goals are judged and reported, but only a failing step fails the script.
 #     --out FILE  also write the report (machine, versions, commands, table, notes) to FILE.
 #     --bin PATH  use this port_exporter binary instead of `cargo build --release`'s
@@ -47,6 +49,42 @@
 #      lateness of the round that started the 10,000 is reported too).
 #   f. TIME_WAIT: `ss -tan state time-wait` on the open port after our wrk run of (a) and after
 #      the scheduled rounds of (d) (ours closes with a reset: goal 0), and after blackbox's.
+#   Rows g-i use addresses of 198.18.0.0/15 on the namespace's lo (198.18.0.1, 198.18.2.1,
+#   198.18.1.1-16) and a second listener bound to those addresses only; each row adds its
+#   iptables rules (matching its own addresses) and removes them after. Their configs set no
+#   timeout or retries: the exporter's default timing is what they measure.
+#   g. firewalled host: 198.18.0.1, where iptables drops every SYN but those to 80 and 443
+#      (listeners: open) and 8080 (REJECT --reject-with tcp-reset: closed). One target, ports
+#      1-65535, default config (interval 1h; expect filtered, which changes no timing, only
+#      gives every open and closed range port its series). The figure is start to /-/ready 200
+#      (timed like b) vs the wall time of `nmap -sT -T4 -Pn -n -p- 198.18.0.1`; the open and
+#      closed sets and the per-state counts must be identical, or the row fails.
+#      Goal: ours <= 0.5x nmap.
+#   h. lossy path: 198.18.2.1 ports 21000-21099 open, 21100-21199 closed, and on those ports
+#      `-m statistic --mode random --probability 0.2 -j DROP` both ways (a --dport rule drops
+#      SYNs and the client's packets, a --sport rule the answers; the exporter's web port is
+#      not touched). Ours: the 200 ports listed, default config, interval 5s, 12 rounds; every
+#      probe's state is counted by port_exporter_probes_total, and since no port is truly
+#      filtered its filtered count is the false filtered (read after the 12th round: count /
+#      all probes). Round time: /metrics is polled every 0.1 s; when a round is done (probes
+#      a multiple of 200, none in flight) the spread of port_last_probe_timestamp_seconds over
+#      the 200 ports is its duration, and its port_state rows are checked against the truth.
+#      nmap: `nmap -sT -T4 -Pn -n -p21000-21199 198.18.2.1` 12 times; its filtered ports per
+#      run are its false filtered, its wall time its round time.
+#      Goals: false filtered <= 0.1% of probes and <= nmap's.
+#   i. 1M silent pairs: 16 targets 198.18.1.1-16 x ports 1-65535 (1-65534 a range, 65535
+#      listed), every SYN dropped but those to 1, 80 and 443 (open); interval 5m, default
+#      timing, --probe.concurrency 16384 (with the fixed timing, 2 attempts of 2 s per silent
+#      pair, 1M pairs take 4096 s on the default 1024 slots, 256 s on 16384). From /-/ready
+#      200 (the first round, timed like b) over one interval: CPU (utime+stime of
+#      /proc/PID/stat, in cores), VmRSS at the end, the p99 of
+#      port_exporter_probe_start_lateness_seconds (like d), and every round's duration: a
+#      scrape every 30 s reads, per target, port_last_probe_timestamp_seconds of port 1 (open:
+#      answered as its round starts) and of port 65535 (listed, silent: the last probe of a
+#      round to finish), so that each round from its start to its end is seen (the scrapes'
+#      CPU is in the figure: a few ms each). No peer: nmap has no scheduled rounds.
+#      Goals: every round (the first one included) within the interval, <= 0.5 core,
+#      <= 300 MB, lateness p99 < 1 s. Takes the first round plus one interval (~10 min).
 #
 # Exit status: 0 when every step ran (and, in full mode, every goal passed); 1 when a step
 # failed; 3 in full mode when a goal failed. Processes are stopped by PID and the namespace is
@@ -83,6 +121,9 @@ if [ "$MODE" = full ]; then
     C_TARGETS=1000 C_PORTS=100 C_INTERVAL=60s SCRAPES=11
     D_WARMUP=30 D_WINDOW=120
     E_LO=20000 E_HI=29999 E_TIMEOUT=25 E_INTERVAL=30 E_CONC=12000 E_BASE_SECS=5 E_WINDOW=18
+    G_RANGES=("1-65535") G_NMAP_PORTS=- G_LIMIT=900
+    H_ROUNDS=12 H_INTERVAL=5
+    I_ADDRS=16 I_PORTS=65535 I_INTERVAL=300 I_CONC=16384 I_EVERY=30
 else
     WRK_ARGS=(-t2 -c8 -d1s --latency)
     WRK_WARMUP=()
@@ -91,6 +132,9 @@ else
     C_TARGETS=10 C_PORTS=10 C_INTERVAL=5s SCRAPES=11
     D_WARMUP=1 D_WINDOW=2
     E_LO=20000 E_HI=20199 E_TIMEOUT=4 E_INTERVAL=5 E_CONC=400 E_BASE_SECS=1 E_WINDOW=2
+    G_RANGES=("1-900" "8000-8100") G_NMAP_PORTS=1-900,8000-8100 G_LIMIT=120
+    H_ROUNDS=2 H_INTERVAL=5
+    I_ADDRS=2 I_PORTS=2000 I_INTERVAL=6 I_CONC=8192 I_EVERY=2
 fi
 CONCURRENT=8
 E_PORTS=$((E_HI - E_LO + 1))
@@ -100,6 +144,14 @@ B_OPEN=(2222 8080 50000)              # (b): listeners seen by the range scan (5
 B_DROP=9999                           # (b): the filtered port
 D_OPEN=(10000 10001 10002 10003 10004) # (c, d): open on every 127.1.x.y target
 E_OPEN=(19000 19001 19002 19003 19004 19005 19006 19007 19008 19009)
+G_ADDR=198.18.0.1                     # (g): the firewalled host
+G_OPEN=(80 443) G_CLOSED=8080         # (g): its listeners, and its port answered with a reset
+H_ADDR=198.18.2.1 H_LOSS=0.2          # (h): the lossy path
+H_OPEN_LO=21000 H_OPEN_HI=21099 H_CLOSED_LO=21100 H_CLOSED_HI=21199
+H_PORTS=$((H_CLOSED_HI - H_OPEN_LO + 1))
+I_NET=198.18.1                        # (i): targets $I_NET.1 to $I_NET.$I_ADDRS
+I_OPEN=(1 80 443)                     # (i): open on each; port 1 marks a round's start
+I_PAIRS=$((I_ADDRS * I_PORTS))
 OURS_ADDR=127.0.0.1:9799
 BB_ADDR=127.0.0.1:9115
 STATIC_ADDR=127.0.0.1:18099
@@ -207,6 +259,35 @@ start_ours() { # start_ours VAR CONFIG LOG [flags...]
     wait_http "http://$OURS_ADDR/-/healthy" 30 || die "our exporter did not start: $(tail -5 "$logf")"
 }
 
+# Starts our exporter through bench.py's launcher, which times it from the exec (not from
+# python's start) to the first 200 of /-/ready, i.e. the first round; waits for that, at most
+# LIMIT s. Logs and result in $TMP/NAME.*; sets L_PID L_UP L_TIME L_CPU (CPU-s at ready) and
+# L_LAUNCHER.
+launch_timed() { # launch_timed NAME CONFIG LIMIT [flags...]
+    local name=$1 conf=$2 limit=$3 i
+    local res="$TMP/$name.result"
+    shift 3
+    spawn L_LAUNCHER "$TMP/$name.launcher.log" python3 "$TMP/bench.py" launch-ready "$res" "$TMP/$name.log" \
+        "http://$OURS_ADDR" "$limit" "$BIN" --config.file "$conf" --web.listen-address "$OURS_ADDR" "$@"
+    for i in $(seq $((limit * 10 + 100))); do
+        [ -s "$res" ] && break
+        kill -0 "$L_LAUNCHER" 2>/dev/null || break
+        sleep 0.1
+    done
+    [ -s "$res" ] || die "$name: no result: $(cat "$TMP/$name.launcher.log" "$TMP/$name.log" 2>/dev/null | tail -5)"
+    read -r L_PID L_UP L_TIME L_CPU <"$res" || true # no trailing newline
+    PIDS+=("$L_PID")
+    [ "$L_UP" != not-ready ] || { kill "$L_PID"; die "$name: not ready within $limit s: $(tail -3 "$TMP/$name.log")"; }
+}
+# Stops what launch_timed started last.
+stop_timed() {
+    local i
+    kill -TERM "$L_PID" 2>/dev/null || true
+    for i in $(seq 100); do kill -0 "$L_LAUNCHER" 2>/dev/null && sleep 0.1 || break; done
+    stop "$L_LAUNCHER"
+    stop "$L_PID"
+}
+
 # ---------------------------------------------------------------------------------------------
 # 1. Build, tools, namespace.
 [ "$(id -u)" = 0 ] || die "needs root (network namespaces, iptables)"
@@ -256,12 +337,14 @@ def total(text, name, **want):
 
 
 def listen(status, *ports):
-    """Accepts and closes connections on every port as fast as it can; counts them."""
+    """Accepts and closes connections on every port (PORT: every address; ADDR:PORT: that one)
+    as fast as it can; counts them."""
     sel = selectors.DefaultSelector()
     for p in ports:
+        addr, _, port = p.rpartition(':')
         s = socket.socket()
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind(('0.0.0.0', int(p)))
+        s.bind((addr or '0.0.0.0', int(port)))
         s.listen(65535)  # capped by net.core.somaxconn
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)
@@ -428,15 +511,17 @@ def states_nmap(path):
     return counts, ports, elapsed
 
 
-def compare(ours, nmap, target):
-    """Whether our states of the range agree with nmap's: prints agree|DISAGREE and details."""
+def compare(ours, nmap, target, sets='open,filtered'):
+    """Whether our states of the range agree with nmap's: the counts per state, and the ports
+    of each state in `sets` (states whose ports both list one by one); prints agree|DISAGREE
+    and details."""
     oc, op = states_ours(ours, target)
     nc, np_, _ = states_nmap(nmap)
     oc = {k: v for k, v in oc.items() if v}
     problems = []
     if oc != nc:
         problems.append(f'counts ours {oc} nmap {nc}')
-    for state in ('open', 'filtered'):
+    for state in sets.split(','):
         o = sorted(p for p, s in op.items() if s == state)
         n = sorted(p for p, s in np_.items() if s == state)
         if o != n:
@@ -452,6 +537,138 @@ def nmap_summary(path):
 
 def nmap_elapsed(path):
     print(states_nmap(path)[2])
+
+
+def nmap_filtered(*paths):
+    """(h) Over nmap runs: ports read filtered, ports scanned."""
+    filtered = scanned = 0
+    for path in paths:
+        counts = states_nmap(path)[0]
+        filtered += counts.get('filtered', 0)
+        scanned += sum(counts.values())
+    print(filtered, scanned)
+
+
+def lossy_rounds(url, target, rounds, limit, open_lo, open_hi, closed_lo, closed_hi):
+    """(h) Polls /metrics every 0.1 s until `rounds` rounds of the target's probes are done (or
+    `limit` s). A round is seen done when port_exporter_probes_total is a multiple of the port
+    count with none in flight (rounds of one target never overlap); from that scrape, its
+    duration (the spread of the ports' port_last_probe_timestamp_seconds: every port was probed
+    in it), ports read filtered, and ports read in a wrong state other than filtered. Ends once
+    the probes reach rounds x ports; prints JSON: rounds seen, rounds with no idle moment seen,
+    probes by state at the end, seconds polled."""
+    truth = {p: 'open' for p in range(int(open_lo), int(open_hi) + 1)}
+    truth.update({p: 'closed' for p in range(int(closed_lo), int(closed_hi) + 1)})
+    n, rounds = len(truth), int(rounds)
+    seen, missed, by_state = [], 0, {}
+    last_k = 0
+    t0 = time.time()
+    while time.time() - t0 < float(limit):
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                text = r.read().decode()
+        except OSError:
+            time.sleep(0.1)
+            continue
+        got = list(samples(text))
+        by_state = {l['state']: v for m, l, v in got if m == 'port_exporter_probes_total'}
+        probes = sum(by_state.values())
+        in_flight = sum(v for m, _, v in got if m == 'port_exporter_probes_in_flight')
+        k = int(probes // n)
+        if k > last_k and probes == k * n and in_flight == 0:
+            missed += k - last_k - 1
+            last_k = k
+            ts, st = {}, {}
+            for m, l, v in got:
+                if l.get('target') != target or int(l.get('port', 0)) not in truth:
+                    continue
+                if m == 'port_last_probe_timestamp_seconds':
+                    ts[int(l['port'])] = v
+                elif m == 'port_state' and v == 1:
+                    st[int(l['port'])] = l['state']
+            seen.append({'round': k, 'seconds': round(max(ts.values()) - min(ts.values()), 3),
+                         'filtered': sum(1 for s in st.values() if s == 'filtered'),
+                         'wrong': sum(1 for p, s in st.items() if s not in (truth[p], 'filtered')),
+                         'ports': len(st)})
+        if probes >= rounds * n:
+            missed += max(0, rounds - last_k)
+            break
+        time.sleep(0.1)
+    json.dump({'rounds': seen, 'missed': missed, 'probes': by_state,
+               'polled': round(time.time() - t0, 1)}, sys.stdout)
+
+
+def lossy_summary(path):
+    """(h) From lossy_rounds' JSON: false filtered, probes, median and max round seconds,
+    rounds seen, rounds missed, filtered in the per-round scrapes, wrong states seen."""
+    d = json.load(open(path))
+    secs = sorted(r['seconds'] for r in d['rounds'])
+    med = f'{statistics.median(secs):.2f}' if secs else 'n/a'
+    top = f'{secs[-1]:.2f}' if secs else 'n/a'
+    print(int(d['probes'].get('filtered', 0)), int(sum(d['probes'].values())), med, top,
+          len(d['rounds']), d['missed'], sum(r['filtered'] for r in d['rounds']),
+          sum(r['wrong'] for r in d['rounds']))
+
+
+def silent_samples(url, seconds, every, first_port, last_port):
+    """(i) Every `every` s for `seconds` s (and once at the end): per target, the
+    port_last_probe_timestamp_seconds of first_port and last_port, probes finished and in
+    flight. Prints JSON."""
+    end = time.time() + float(seconds)
+    first, last = str(first_port), str(last_port)
+    out = []
+    while True:
+        t = time.time()
+        try:
+            with urllib.request.urlopen(url, timeout=30) as r:
+                text = r.read().decode()
+        except OSError:
+            text = ''
+        ts = {}
+        for m, l, v in samples(text):
+            if m == 'port_last_probe_timestamp_seconds' and l.get('port') in (first, last):
+                ts.setdefault(l['target'], [None, None])[0 if l['port'] == first else 1] = v
+        out.append({'t': round(t, 3), 'ts': ts,
+                    'probes': total(text, 'port_exporter_probes_total'),
+                    'in_flight': total(text, 'port_exporter_probes_in_flight')})
+        if t >= end:
+            break
+        time.sleep(max(0.0, min(float(every) - (time.time() - t), end - time.time())))
+    json.dump(out, sys.stdout)
+
+
+def round_spans(path):
+    """(i) From silent_samples' JSON: each target's rounds, from the first port's timestamp (its
+    start) to the first last-port timestamp after it (its end). Prints: rounds seen complete,
+    the longest (s), rounds still running at the last sample, the oldest of those (s), rounds
+    whose end was never sampled (the next began first), the most in flight seen, targets, and
+    every complete round's seconds (sorted, comma-separated)."""
+    data = json.load(open(path))
+    starts, ends = {}, {}
+    for s in data:
+        for target, (a, b) in s['ts'].items():
+            if a is not None:
+                starts.setdefault(target, set()).add(a)
+            if b is not None:
+                ends.setdefault(target, set()).add(b)
+    last_t = data[-1]['t'] if data else 0
+    complete, running, unseen = [], [], 0
+    for target, st in starts.items():
+        st = sorted(st)
+        en = sorted(ends.get(target, ()))
+        for i, a in enumerate(st):
+            after = [b for b in en if b >= a]
+            nxt = st[i + 1] if i + 1 < len(st) else None
+            if after and (nxt is None or after[0] <= nxt):
+                complete.append(after[0] - a)
+            elif nxt is None:
+                running.append(last_t - a)
+            else:
+                unseen += 1
+    most = max((s['in_flight'] for s in data), default=0)
+    print(len(complete), f'{max(complete):.1f}' if complete else 'n/a', len(running),
+          f'{max(running):.1f}' if running else '0', unseen, int(most), len(starts),
+          ','.join(f'{c:.1f}' for c in sorted(complete)) or 'none')
 
 
 def sample(pid, url, seconds, every):
@@ -629,25 +846,11 @@ run_nmap() {
 range_run() {
     local tag=$1
     shift
-    local launcher pid i res="$TMP/range-$tag.result"
-    # The launcher starts the exporter itself, so the clock starts at the exec, not at python's.
-    spawn launcher "$TMP/range-$tag.launcher.log" python3 "$TMP/bench.py" launch-ready "$res" "$TMP/range-$tag.log" \
-        "http://$OURS_ADDR" 600 "$BIN" --config.file "$TMP/range.toml" --web.listen-address "$OURS_ADDR" "$@"
-    for i in $(seq 6100); do
-        [ -s "$res" ] && break
-        kill -0 "$launcher" 2>/dev/null || break
-        sleep 0.1
-    done
-    [ -s "$res" ] || die "range run $tag: no result: $(cat "$TMP/range-$tag.launcher.log" "$TMP/range-$tag.log" 2>/dev/null | tail -5)"
-    read -r pid R_UP R_TIME R_CPU <"$res" || true # no trailing newline
-    PIDS+=("$pid")
-    [ "$R_UP" != not-ready ] || { kill "$pid"; die "range run $tag: not ready: $(tail -3 "$TMP/range-$tag.log")"; }
+    launch_timed "range-$tag" "$TMP/range.toml" 600 "$@"
+    R_UP=$L_UP R_TIME=$L_TIME R_CPU=$L_CPU
     fetch "http://$OURS_ADDR/metrics" >"$TMP/range-$tag.metrics" || die "range run $tag: /metrics"
     [ -s "$TMP/nmap.xml" ] || run_nmap
-    kill -TERM "$pid"
-    for i in $(seq 100); do kill -0 "$launcher" 2>/dev/null && sleep 0.1 || break; done
-    stop "$launcher"
-    stop "$pid"
+    stop_timed
     R_AGREE=$(py compare "$TMP/range-$tag.metrics" "$TMP/nmap.xml" range)
     log "  ours $tag ($*): ready after ${R_TIME}s (up after ${R_UP}s, ${R_CPU} CPU-s), $R_AGREE"
 }
@@ -862,6 +1065,169 @@ note "e. --probe.concurrency $E_CONC; target 'silent' $E_LO-$E_HI (timeout ${E_T
 row "f. TIME_WAIT sockets on the open port after the wrk run of a" "$F_OURS_TW" "$F_BB_TW (blackbox_exporter; $F_BB_TW_PROBER on its side)" "" "ours 0" "$(judge "$F_OURS_TW" '==' 0)"
 row "f. TIME_WAIT on ports ${D_OPEN[0]}-${D_OPEN[-1]} after the scheduled rounds of d" "$F_D_TW" "n/a" "" "0" "$(judge "$F_D_TW" '==' 0)"
 note "f. \`ss -tan state time-wait\` in the namespace, counting sockets with the open port on either side, 1 s after each wrk run ($O_REQ probes by ours, $B_REQ by blackbox; before blackbox's run: $F_BB_TW_BEFORE). The listener closes its side at once after accept; ours resets (SO_LINGER 0) so neither side keeps TIME_WAIT; blackbox closes with a FIN. net.ipv4.tcp_max_tw_buckets in the namespace: $TW_MAX."
+
+# ---------------------------------------------------------------------------------------------
+# 2g-2i: addresses of 198.18.0.0/15 on the namespace's lo, and a listener bound to those only
+# (nothing of a-f listens on them, and none of their ports opens on 127.0.0.1).
+log "(g-i) addresses $G_ADDR, $H_ADDR, $I_NET.1-$I_ADDRS on lo, and their listener"
+cmd nsx ip addr add "$G_ADDR/32" dev lo
+cmd nsx ip addr add "$H_ADDR/32" dev lo
+CMDS+=("ip netns exec $NS ip addr add $I_NET.N/32 dev lo   # N = 1 to $I_ADDRS")
+for k in $(seq "$I_ADDRS"); do nsx ip addr add "$I_NET.$k/32" dev lo; done
+GI_LISTEN=()
+for p in "${G_OPEN[@]}"; do GI_LISTEN+=("$G_ADDR:$p"); done
+for p in $(seq "$H_OPEN_LO" "$H_OPEN_HI"); do GI_LISTEN+=("$H_ADDR:$p"); done
+for k in $(seq "$I_ADDRS"); do for p in "${I_OPEN[@]}"; do GI_LISTEN+=("$I_NET.$k:$p"); done; done
+G_OPEN_CSV=$(IFS=,; echo "${G_OPEN[*]}")
+I_OPEN_CSV=$(IFS=,; echo "${I_OPEN[*]}")
+CMDS+=("ip netns exec $NS python3 $TMP/bench.py listen $TMP/accepts2 $G_ADDR:{$G_OPEN_CSV} $H_ADDR:{$H_OPEN_LO..$H_OPEN_HI} $I_NET.{1..$I_ADDRS}:{$I_OPEN_CSV}")
+# As spawn does, without writing all ${#GI_LISTEN[@]} addresses into the commands.
+ip netns exec "$NS" python3 "$TMP/bench.py" listen "$TMP/accepts2" "${GI_LISTEN[@]}" >"$TMP/listener2.log" 2>&1 </dev/null &
+LISTENER2=$!
+PIDS+=("$LISTENER2")
+for _ in $(seq 50); do [ -s "$TMP/accepts2" ] && break; sleep 0.1; done
+[ -s "$TMP/accepts2" ] || die "the listener of g-i did not start: $(cat "$TMP/listener2.log")"
+
+# ---------------------------------------------------------------------------------------------
+# 2g. A firewalled host, ours vs nmap.
+log "(g) firewalled host $G_ADDR, ports ${G_RANGES[*]}, default timing"
+cmd nsx iptables -A INPUT -d "$G_ADDR" -p tcp -m multiport --dports "$G_OPEN_CSV" -j ACCEPT
+cmd nsx iptables -A INPUT -d "$G_ADDR" -p tcp --dport "$G_CLOSED" -j REJECT --reject-with tcp-reset
+cmd nsx iptables -A INPUT -d "$G_ADDR" -p tcp --syn -j DROP
+G_PORTS_TOML=$(printf '"%s", ' "${G_RANGES[@]}")
+G_PORTS_TOML=${G_PORTS_TOML%, }
+cat >"$TMP/firewalled.toml" <<EOF
+# The default timing: no timeout or retries.
+[defaults]
+interval = "1h"
+# Changes no timing: only gives every open and closed port of the range its series, so that
+# the sets can be compared with nmap's.
+expect = "filtered"
+
+[[targets]]
+name = "firewalled"
+host = "$G_ADDR"
+ports = [$G_PORTS_TOML]
+EOF
+CMDS+=("# firewalled.toml: interval 1h, expect filtered, one target $G_ADDR, ports = [$G_PORTS_TOML]; no timeout or retries")
+CMDS+=("(timed from start to /-/ready 200) ip netns exec $NS $BIN --config.file firewalled.toml --web.listen-address $OURS_ADDR")
+launch_timed firewalled "$TMP/firewalled.toml" "$G_LIMIT"
+G_TIME=$L_TIME G_CPU=$L_CPU
+fetch "http://$OURS_ADDR/metrics" >"$TMP/firewalled.metrics" || die "(g) /metrics"
+stop_timed
+log "  ours: ready after $G_TIME s ($G_CPU CPU-s)"
+CMDS+=("ip netns exec $NS nmap -sT -T4 -Pn -n -p$G_NMAP_PORTS $G_ADDR -oX nmap-firewalled.xml   # timed with bash's time")
+read -r G_NMAP G_NMAP_USER G_NMAP_SYS < <({ TIMEFORMAT='%R %U %S'; time nsx timeout "$G_LIMIT" nmap -sT -T4 -Pn -n -p"$G_NMAP_PORTS" "$G_ADDR" -oX "$TMP/nmap-firewalled.xml" >/dev/null; } 2>&1) \
+    || die "(g) nmap"
+[ -s "$TMP/nmap-firewalled.xml" ] || die "(g) nmap wrote no XML"
+G_AGREE=$(py compare "$TMP/firewalled.metrics" "$TMP/nmap-firewalled.xml" firewalled open,closed)
+log "  nmap: $G_NMAP s; ours $G_AGREE"
+nsx iptables -D INPUT -d "$G_ADDR" -p tcp -m multiport --dports "$G_OPEN_CSV" -j ACCEPT
+nsx iptables -D INPUT -d "$G_ADDR" -p tcp --dport "$G_CLOSED" -j REJECT --reject-with tcp-reset
+nsx iptables -D INPUT -d "$G_ADDR" -p tcp --syn -j DROP
+RATIO_G=$(calc "$G_TIME / $G_NMAP" .2f)
+if [[ "$G_AGREE" == agree* ]]; then G_RES=pass; else G_RES=FAIL; fi
+row "g. firewalled host, ports ${G_RANGES[*]} (every SYN dropped but ${G_OPEN[*]} open, $G_CLOSED reset), default timing: start to ready (s)" "$G_TIME" "$G_NMAP (nmap -sT -T4)" "${RATIO_G}x" "<= 0.5x" "$(judge "$RATIO_G" '<=' 0.5)"
+row "g. firewalled host: states agree with nmap" "$(echo "$G_AGREE" | cut -d' ' -f2-5 | cut -d';' -f1)" "$(py nmap_summary "$TMP/nmap-firewalled.xml")" "" "same open and closed sets" "$G_RES"
+note "g. $G_ADDR on lo; iptables: ACCEPT to ${G_OPEN[*]} (listeners bound to $G_ADDR), REJECT --reject-with tcp-reset to $G_CLOSED, DROP of every other SYN to $G_ADDR. Ours: the default timing (no timeout or retries keys: --help's defaults, --probe.concurrency $DEF_CONC, --probe.rate $DEF_RATE), interval 1h, expect filtered (no effect on timing: every open and closed range port then has its series); time from starting the process to the first 200 of /-/ready (the first round), one run, $G_CPU CPU-s at ready. nmap: wall time of one run, CPU (user+sys) $(calc "$G_NMAP_USER + $G_NMAP_SYS" .2f) s, its own elapsed $(py nmap_elapsed "$TMP/nmap-firewalled.xml") s. Compared: the per-state counts (ours port_target_ports) and the open and closed ports one by one: $G_AGREE."
+
+# ---------------------------------------------------------------------------------------------
+# 2h. A lossy path: false filtered per probe, ours vs nmap.
+log "(h) lossy path $H_ADDR, $H_LOSS loss each way, $H_PORTS ports x $H_ROUNDS rounds"
+H_RANGE=$H_OPEN_LO:$H_CLOSED_HI
+cmd nsx iptables -A INPUT -d "$H_ADDR" -p tcp --dport "$H_RANGE" -m statistic --mode random --probability "$H_LOSS" -j DROP
+cmd nsx iptables -A INPUT -s "$H_ADDR" -p tcp --sport "$H_RANGE" -m statistic --mode random --probability "$H_LOSS" -j DROP
+cat >"$TMP/lossy.toml" <<EOF
+# The default timing: no timeout or retries.
+[defaults]
+interval = "${H_INTERVAL}s"
+
+[[targets]]
+name = "lossy"
+host = "$H_ADDR"
+ports = [$(seq -s ', ' "$H_OPEN_LO" "$H_CLOSED_HI")]
+EOF
+CMDS+=("# lossy.toml: interval ${H_INTERVAL}s, one target $H_ADDR, ports = [$H_OPEN_LO, ..., $H_CLOSED_HI] listed one by one; no timeout or retries")
+CMDS+=("(timed from start to /-/ready 200) ip netns exec $NS $BIN --config.file lossy.toml --web.listen-address $OURS_ADDR   # then /metrics polled every 0.1 s for $H_ROUNDS rounds")
+launch_timed lossy "$TMP/lossy.toml" 120
+H_FIRST=$L_TIME
+nsx python3 "$TMP/bench.py" lossy-rounds "http://$OURS_ADDR/metrics" lossy "$H_ROUNDS" $((H_ROUNDS * H_INTERVAL * 4 + 60)) \
+    "$H_OPEN_LO" "$H_OPEN_HI" "$H_CLOSED_LO" "$H_CLOSED_HI" >"$TMP/lossy.json" || die "(h) polling our rounds"
+stop_timed
+read -r H_FF H_PROBES H_MED H_MAX H_SEEN H_MISSED H_FF_SCRAPED H_WRONG <<<"$(py lossy_summary "$TMP/lossy.json")"
+[ "$H_PROBES" -ge $((H_ROUNDS * H_PORTS)) ] || die "(h) only $H_PROBES probes finished, not $H_ROUNDS rounds x $H_PORTS ports"
+log "  ours: $H_FF false filtered of $H_PROBES probes; rounds median $H_MED s, max $H_MAX s ($H_SEEN seen done, $H_MISSED not)"
+CMDS+=("ip netns exec $NS nmap -sT -T4 -Pn -n -p$H_OPEN_LO-$H_CLOSED_HI $H_ADDR -oX nmap-lossy.xml   # x$H_ROUNDS, timed with bash's time")
+H_NMAP_TIMES=() H_XMLS=()
+for i in $(seq "$H_ROUNDS"); do
+    xml=$TMP/nmap-lossy$i.xml
+    read -r wall < <({ TIMEFORMAT='%R'; time nsx timeout 300 nmap -sT -T4 -Pn -n -p"$H_OPEN_LO-$H_CLOSED_HI" "$H_ADDR" -oX "$xml" >/dev/null; } 2>&1) \
+        || die "(h) nmap"
+    [ -s "$xml" ] || die "(h) nmap wrote no XML"
+    H_NMAP_TIMES+=("$wall") H_XMLS+=("$xml")
+done
+read -r H_NFF H_NSCANNED <<<"$(py nmap_filtered "${H_XMLS[@]}")"
+read -r H_NMED _ H_NMAX <<<"$(py stats "${H_NMAP_TIMES[@]}")"
+log "  nmap: $H_NFF false filtered of $H_NSCANNED ports; runs median $H_NMED s, max $H_NMAX s"
+nsx iptables -D INPUT -d "$H_ADDR" -p tcp --dport "$H_RANGE" -m statistic --mode random --probability "$H_LOSS" -j DROP
+nsx iptables -D INPUT -s "$H_ADDR" -p tcp --sport "$H_RANGE" -m statistic --mode random --probability "$H_LOSS" -j DROP
+H_PCT=$(calc "100 * $H_FF / $H_PROBES" .3f)
+H_NPCT=$(calc "100 * $H_NFF / $H_NSCANNED" .3f)
+if [ "$H_NFF" -gt 0 ]; then H_RATIO="$(calc "$H_PCT / $H_NPCT" .2f)x"; else H_RATIO="n/a (nmap 0)"; fi
+if [ "$H_WRONG" = 0 ] && awk "BEGIN { exit !($H_PCT <= 0.1 && $H_PCT <= $H_NPCT) }"; then H_RES=pass; else H_RES=FAIL; fi
+if [[ "$H_MED" =~ ^[0-9.]+$ ]]; then H_TRATIO="$(calc "$H_MED / $H_NMED" .2f)x"; else H_TRATIO=""; fi
+row "h. lossy path ($H_LOSS drop each way), $H_PORTS ports (open and closed), default timing, $H_ROUNDS rounds: false filtered per probe" "$H_FF / $H_PROBES ($H_PCT%)" "$H_NFF / $H_NSCANNED ($H_NPCT%) (nmap -sT -T4, $H_ROUNDS runs)" "$H_RATIO" "<= 0.1% and <= nmap's" "$H_RES"
+row "h. lossy path: round time, median / max (s)" "$H_MED / $H_MAX" "$H_NMED / $H_NMAX" "$H_TRATIO" "" "n/a"
+note "h. $H_ADDR on lo; $H_OPEN_LO-$H_OPEN_HI listen (bound to $H_ADDR), $H_CLOSED_LO-$H_CLOSED_HI answer with resets; iptables drops $H_LOSS of the packets to those ports (--dport: SYNs, the client's ACKs and resets) and of those from them (--sport: SYN-ACKs, resets), independently; the exporter's web port is not matched. Ours: the $H_PORTS ports listed, interval ${H_INTERVAL}s, the default timing; one process for $H_ROUNDS rounds (the first: ready after $H_FIRST s). False filtered = port_exporter_probes_total{state=\"filtered\"} after the last round (no port is truly filtered) / every probe finished then (all states). Round time: /metrics polled every 0.1 s; a round is done when the probes are a multiple of $H_PORTS with none in flight; its time is the spread of port_last_probe_timestamp_seconds over its ports in that scrape (the first answer comes a few ms after the round starts). Rounds seen done: $H_SEEN ($H_MISSED ran into the next or were not seen); in their scrapes $H_FF_SCRAPED ports read filtered (a cross-check of the counter) and $H_WRONG in a wrong state other than filtered (must be 0). nmap: $H_ROUNDS runs of the same ports, wall times ${H_NMAP_TIMES[*]} s; its filtered ports over all runs / ports scanned."
+
+# ---------------------------------------------------------------------------------------------
+# 2i. 1M silent pairs on schedule.
+log "(i) $I_PAIRS silent pairs: $I_ADDRS addresses x $I_PORTS ports, interval ${I_INTERVAL}s, --probe.concurrency $I_CONC"
+cmd nsx iptables -A INPUT -d "$I_NET.0/24" -p tcp -m multiport --dports "$I_OPEN_CSV" -j ACCEPT
+cmd nsx iptables -A INPUT -d "$I_NET.0/24" -p tcp --syn -j DROP
+{
+    echo '# The default timing: no timeout or retries.'
+    echo '[defaults]'
+    echo "interval = \"${I_INTERVAL}s\""
+    for k in $(seq "$I_ADDRS"); do
+        # The last port listed: it has its series (and its last probe's time) while silent.
+        printf '\n[[targets]]\nname = "fw%02d"\nhost = "%s"\nports = ["1-%d", %d]\n' "$k" "$I_NET.$k" $((I_PORTS - 1)) "$I_PORTS"
+    done
+} >"$TMP/silent-pairs.toml"
+CMDS+=("# silent-pairs.toml: interval ${I_INTERVAL}s, $I_ADDRS targets $I_NET.1-$I_ADDRS, ports = [\"1-$((I_PORTS - 1))\", $I_PORTS] each; no timeout or retries")
+CMDS+=("(timed from start to /-/ready 200) ip netns exec $NS $BIN --config.file silent-pairs.toml --web.listen-address $OURS_ADDR --probe.concurrency $I_CONC   # then /metrics every ${I_EVERY}s for ${I_INTERVAL}s")
+launch_timed silent-pairs "$TMP/silent-pairs.toml" $((I_INTERVAL * 2 + 60)) --probe.concurrency "$I_CONC"
+I_READY=$L_TIME I_PID=$L_PID
+log "  first round done after $I_READY s; now one interval (${I_INTERVAL}s)"
+fetch "http://$OURS_ADDR/metrics" >"$TMP/i0.metrics" || die "(i) /metrics"
+c0=$(cpu_ticks "$I_PID") w0=$(date +%s.%N)
+nsx python3 "$TMP/bench.py" silent-samples "http://$OURS_ADDR/metrics" "$I_INTERVAL" "$I_EVERY" 1 "$I_PORTS" >"$TMP/silent-pairs.json" \
+    || die "(i) sampling"
+c1=$(cpu_ticks "$I_PID") w1=$(date +%s.%N)
+I_RSS=$(rss_kb "$I_PID") I_HWM=$(hwm_kb "$I_PID")
+fetch "http://$OURS_ADDR/metrics" >"$TMP/i1.metrics" || die "(i) /metrics"
+I_LOWERED=$(grep -c 'concurrency lowered' "$TMP/silent-pairs.log" || true)
+stop_timed
+nsx iptables -D INPUT -d "$I_NET.0/24" -p tcp -m multiport --dports "$I_OPEN_CSV" -j ACCEPT
+nsx iptables -D INPUT -d "$I_NET.0/24" -p tcp --syn -j DROP
+I_CORES=$(calc "($c1 - $c0) / $CLK / ($w1 - $w0)" .3f)
+read -r I_P99 I_N <<<"$(py quantile "$TMP/i0.metrics" "$TMP/i1.metrics" port_exporter_probe_start_lateness_seconds 0.99)"
+I_PROBES=$(calc "$(py metric "$TMP/i1.metrics" port_exporter_probes_total) - $(py metric "$TMP/i0.metrics" port_exporter_probes_total)" .0f)
+I_FILTERED=$(calc "$(py metric "$TMP/i1.metrics" port_target_ports state=filtered)" .0f)
+read -r I_COMPLETE I_LONGEST I_RUNNING I_OLDEST I_UNSEEN I_MOST I_TARGETS I_ROUNDS <<<"$(py round_spans "$TMP/silent-pairs.json")"
+log "  rounds: $I_COMPLETE done (longest $I_LONGEST s), $I_RUNNING running (oldest $I_OLDEST s), $I_UNSEEN unseen; CPU $I_CORES cores, VmRSS $I_RSS kB, lateness p99 $I_P99"
+I_LONG=$I_READY
+if [[ "$I_LONGEST" =~ ^[0-9.]+$ ]] && awk "BEGIN { exit !($I_LONGEST > $I_LONG) }"; then I_LONG=$I_LONGEST; fi
+if [ "$I_TARGETS" = "$I_ADDRS" ] && [ "$I_UNSEEN" = 0 ] && [ "$I_LOWERED" = 0 ] \
+    && awk "BEGIN { exit !($I_LONG < $I_INTERVAL && $I_OLDEST < $I_INTERVAL) }"; then I_RES=pass; else I_RES=FAIL; fi
+I_RSS_MB=$(calc "$I_RSS / 1024" .0f)
+I_P99_MS=$(ms_or "$I_P99")
+if [[ "$I_P99" == ">"* ]]; then I_LRES=FAIL; else I_LRES=$(judge "$I_P99" '<' 1); fi
+row "i. $I_PAIRS silent pairs ($I_ADDRS firewalled addresses x $I_PORTS ports, interval ${I_INTERVAL}s, --probe.concurrency $I_CONC), default timing: longest round (s)" "$I_LONG (first round $I_READY)" "none (nmap has no scheduled rounds)" "" "every round < $I_INTERVAL s" "$I_RES"
+row "i. CPU over one interval after the first round (cores)" "$I_CORES" "none" "" "<= 0.5 core" "$(judge "$I_CORES" '<=' 0.5)"
+row "i. resident memory at the end of that interval (MB)" "$I_RSS_MB (peak $(calc "$I_HWM / 1024" .0f))" "none" "" "<= 300 MB" "$(judge "$I_RSS_MB" '<=' 300)"
+row "i. probe start lateness p99 over that interval (ms)" "$I_P99_MS" "none" "" "< 1000 ms" "$I_LRES"
+note "i. $I_NET.1-$I_ADDRS on lo; iptables: ACCEPT to ${I_OPEN[*]} (listeners bound to each address), DROP of every other SYN to $I_NET.0/24. Ours: $I_ADDRS targets, ports 1-$((I_PORTS - 1)) as a range and $I_PORTS listed, interval ${I_INTERVAL}s, the default timing, --probe.concurrency $I_CONC (with the fixed timing, 2 attempts of 2 s per silent pair, $I_PAIRS pairs take $(calc "$I_PAIRS * 4 / $DEF_CONC" .0f) s on the default $DEF_CONC slots, $(calc "$I_PAIRS * 4 / $I_CONC" .0f) s on $I_CONC; lowered by the fd limit: $([ "$I_LOWERED" = 0 ] && echo no || echo YES, see its log)), --probe.rate $DEF_RATE. First round (every target at once, at start): ready after $I_READY s. Then a window of $(calc "$w1 - $w0" .1f) s (one interval) from ready: $I_PROBES probes finished (pairs: $I_PAIRS; filtered at the end: $I_FILTERED), $I_N lateness observations, at most $I_MOST in flight in the samples. Rounds: /metrics every ${I_EVERY}s; per target, port_last_probe_timestamp_seconds of port 1 (open, the first probe of a round, answered at once: the round's start) and of port $I_PORTS (silent, the last to start and so the last to finish: the round's end); $I_TARGETS targets seen; $I_COMPLETE rounds seen from start to end, the first ones included (ready, $I_READY s, bounds those), in seconds: ${I_ROUNDS//,/ }; $I_RUNNING still running at the last sample (oldest $I_OLDEST s), $I_UNSEEN whose end was never sampled. The start is port 1's answer, so a round's wait for a slot before its first probe is not in its time. Lateness is the exporter's histogram: each probe's own wait for a slot from the moment its round reaches it (plus the round's delay past its tick), not its delay from the tick: when rounds share a saturated cap they stretch (their times above), while each probe's own wait stays short. CPU = (utime+stime) of /proc/PID/stat over the window / wall time, the ${I_EVERY}s scrapes included; VmRSS at the end of the window, peak VmHWM $I_HWM kB."
 
 # ---------------------------------------------------------------------------------------------
 # 3. The report.
