@@ -32,7 +32,10 @@ const FIGURES: [(&str, &str); 9] = [
     ("f. TIME_WAIT", "TIME_WAIT after probing"),
     ("g. firewalled host", "a firewalled host vs nmap"),
     ("h. lossy path", "false filtered on a lossy path vs nmap"),
-    ("i. ", "silent pairs on schedule: rounds, CPU, memory, lateness"),
+    (
+        "i. ",
+        "silent pairs on schedule: rounds, CPU, memory, lateness",
+    ),
 ];
 
 #[test]
