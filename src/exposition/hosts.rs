@@ -1,5 +1,8 @@
-//! The per-address timing families: what adaptive timing learned of each address, written
-//! fresh on every scrape (one line per address and family: small beside the table).
+//! The per-address timing families: what adaptive timing learned of each address. Written
+//! with the table (and cached with it): one line per address and family, 60,000 lines for
+//! 10,000 addresses, too many to write again for every scrape.
+
+use bytes::BytesMut;
 
 use crate::families::{
     Family, HOST_DROP_RATIO, HOST_RETRANSMISSIONS, HOST_RETRIES, HOST_RTT, HOST_RTT_VARIATION,
@@ -7,18 +10,19 @@ use crate::families::{
 };
 use crate::probe::timing::AddressTiming;
 
-use super::text::{Format, Numbers, Out, push_label, push_line};
+use super::text::{Numbers, push_label, push_line};
 
 /// A sample's value: a float, or a count written as an integer.
-enum Value {
+pub enum Value {
     Float(f64),
     Count(u64),
 }
 
 /// Each family with the value of an address's series; `None`: the address has no series.
-type Column = (&'static Family, fn(&AddressTiming) -> Option<Value>);
+pub type Column = (&'static Family, fn(&AddressTiming) -> Option<Value>);
 
-const COLUMNS: [Column; 6] = [
+/// The families, in the order they are written (the tail of the table's families).
+pub const COLUMNS: [Column; 6] = [
     (&HOST_RTT, |a| {
         a.rtt.map(|(srtt, _)| Value::Float(srtt.as_secs_f64()))
     }),
@@ -36,8 +40,9 @@ const COLUMNS: [Column; 6] = [
     }),
 ];
 
-/// Writes every per-address timing family for `addresses`.
-pub fn write_hosts(out: &mut impl Out, format: Format, addresses: &[AddressTiming]) {
+/// Writes the samples of every family of [`COLUMNS`] for `addresses`, returning where each
+/// family's samples start in `out` (and, last, where they end).
+pub fn write_hosts(out: &mut BytesMut, addresses: &[AddressTiming]) -> [usize; COLUMNS.len() + 1] {
     let mut numbers = Numbers::default();
     let labels: Vec<String> = addresses
         .iter()
@@ -47,8 +52,9 @@ pub fn write_hosts(out: &mut impl Out, format: Format, addresses: &[AddressTimin
             labels
         })
         .collect();
-    for (family, value_of) in COLUMNS {
-        family.write_header(out, format);
+    let mut offsets = [0; COLUMNS.len() + 1];
+    for (i, (family, value_of)) in COLUMNS.into_iter().enumerate() {
+        offsets[i] = out.len();
         for (address, labels) in addresses.iter().zip(&labels) {
             let text = match value_of(address) {
                 Some(Value::Float(value)) => numbers.float(value),
@@ -58,6 +64,8 @@ pub fn write_hosts(out: &mut impl Out, format: Format, addresses: &[AddressTimin
             push_line(out, family.name, labels, "} ", text);
         }
     }
+    offsets[COLUMNS.len()] = out.len();
+    offsets
 }
 
 #[cfg(test)]
@@ -65,7 +73,6 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::exposition::text::Format;
 
     #[test]
     fn every_address_has_its_series_and_unlearned_ones_no_rtt() {
@@ -85,8 +92,11 @@ mod tests {
             retries: 1,
             retransmissions: 0,
         };
-        let mut out = String::new();
-        write_hosts(&mut out, Format::Text, &[learned, silent]);
+        let mut buffer = BytesMut::new();
+        let offsets = write_hosts(&mut buffer, &[learned, silent]);
+        assert_eq!(offsets[0], 0);
+        assert_eq!(offsets[COLUMNS.len()], buffer.len());
+        let out = String::from_utf8(buffer.to_vec()).unwrap();
         for line in [
             "port_host_rtt_seconds{ip=\"::1\"} 0.00025\n",
             "port_host_rtt_variation_seconds{ip=\"::1\"} 0.000125\n",
@@ -96,10 +106,20 @@ mod tests {
             "port_host_retransmissions_total{ip=\"::1\"} 7\n",
             "port_host_timeout_seconds{ip=\"198.18.0.1\"} 2.0\n",
             "port_host_retries{ip=\"198.18.0.1\"} 1\n",
-            "# TYPE port_host_retransmissions_total counter\n",
         ] {
             assert!(out.contains(line), "{line:?} missing from\n{out}");
         }
         assert!(!out.contains("port_host_rtt_seconds{ip=\"198.18.0.1\"}"));
+    }
+
+    #[test]
+    fn the_columns_are_the_tail_of_the_table_families() {
+        use crate::exposition::table::FAMILIES;
+        let tail: Vec<&str> = FAMILIES[FAMILIES.len() - COLUMNS.len()..]
+            .iter()
+            .map(|f| f.name)
+            .collect();
+        let columns: Vec<&str> = COLUMNS.iter().map(|(f, _)| f.name).collect();
+        assert_eq!(tail, columns);
     }
 }

@@ -158,6 +158,7 @@ impl Metrics {
             return cached;
         }
         let table = self.table.clone();
+        let timings = self.timings.clone();
         let workers = self.workers;
         // Let go of the stale rendering first (two full renderings at once would double the
         // peak memory of a large table), and write the new one into its memory where no
@@ -180,7 +181,7 @@ impl Metrics {
             let generation = table.generation();
             RenderedTable {
                 generation,
-                text: render_table(&table, workers, scratch, capacity),
+                text: render_table(&table, &timings.view(), workers, scratch, capacity),
                 gzip: tokio::sync::OnceCell::new(),
                 superseded: CancellationToken::new(),
                 lease: Arc::new(()),
@@ -227,11 +228,10 @@ impl Metrics {
         self.cached.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The per-address timing, the exporter's own metrics (self-metrics and process
-    /// metrics) in `format`, with the end of the exposition.
+    /// The exporter's own metrics (self-metrics and process metrics) in `format`, with the
+    /// end of the exposition.
     fn own_metrics(&self, format: Format) -> String {
         let mut out = String::new();
-        hosts::write_hosts(&mut out, format, &self.timings.view());
         text::write_gathered(&mut out, format, &self.telemetry.gather());
         text::finish(&mut out, format);
         out

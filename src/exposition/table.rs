@@ -25,14 +25,17 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use rayon::prelude::*;
 
+use super::hosts;
 use crate::domain::{State, StateCounts};
 use crate::exposition::text::{Format, Numbers, STATE_SUFFIXES, push_label, push_line};
 use crate::families::{self, Family};
+use crate::probe::timing::AddressTiming;
 use crate::state::{Row, StateTable, TargetRows};
 use crate::telemetry::unix_seconds;
 
-/// The table's families, in the order they are written (that of `Section`).
-pub const FAMILIES: [&Family; 9] = [
+/// The table's families, in the order they are written: those of `Section`, then the
+/// per-address timing of [`super::hosts::COLUMNS`].
+pub const FAMILIES: [&Family; 15] = [
     &families::PORT_STATE,
     &families::PORT_STATE_REASON,
     &families::PORT_CONNECT_DURATION,
@@ -42,6 +45,12 @@ pub const FAMILIES: [&Family; 9] = [
     &families::PORT_STATE_LAST_CHANGE,
     &families::PORT_LAST_PROBE,
     &families::PORT_TARGET_PORTS,
+    &families::HOST_RTT,
+    &families::HOST_RTT_VARIATION,
+    &families::HOST_TIMEOUT,
+    &families::HOST_DROP_RATIO,
+    &families::HOST_RETRIES,
+    &families::HOST_RETRANSMISSIONS,
 ];
 
 /// The sections of the table's text, one family each.
@@ -163,6 +172,7 @@ struct Snapshot {
 /// length of the text.
 pub fn render_table(
     table: &StateTable,
+    addresses: &[AddressTiming],
     workers: usize,
     mut scratch: Vec<Scratch>,
     capacity_hint: usize,
@@ -196,13 +206,24 @@ pub fn render_table(
             (part.out.freeze(), part.snapshot, offsets)
         })
         .collect();
-    let mut chunks = Vec::with_capacity(Section::ALL.len() * workers);
-    let families = std::array::from_fn(|section| {
+    let mut hosts = BytesMut::new();
+    let host_offsets = hosts::write_hosts(&mut hosts, addresses);
+    let hosts = hosts.freeze();
+    let mut chunks = Vec::with_capacity(Section::ALL.len() * workers + hosts::COLUMNS.len());
+    let families = std::array::from_fn(|family| {
         let start = chunks.len();
-        for (buffer, _, offsets) in &written {
-            let range = offsets[section]..offsets[section + 1];
+        if family < Section::ALL.len() {
+            for (buffer, _, offsets) in &written {
+                let range = offsets[family]..offsets[family + 1];
+                if !range.is_empty() {
+                    chunks.push(buffer.slice(range));
+                }
+            }
+        } else {
+            let column = family - Section::ALL.len();
+            let range = host_offsets[column]..host_offsets[column + 1];
             if !range.is_empty() {
-                chunks.push(buffer.slice(range));
+                chunks.push(hosts.slice(range));
             }
         }
         start..chunks.len()
@@ -467,7 +488,7 @@ mod tests {
             ip: Some("127.0.0.1".parse().unwrap()),
         };
         table.record(&config.targets[0].name, key, outcome);
-        let rendered = render_table(&table, 1, Vec::new(), 0);
+        let rendered = render_table(&table, &[], 1, Vec::new(), 0);
         let body = with_headers(&headers(Format::Text), rendered.families());
         let text = String::from_utf8(body.concat()).unwrap();
         let labels = r#"target="we\"ird\\",host="127.0.0.1",note="a\nb",port="7",ip="127.0.0.1""#;
@@ -491,7 +512,7 @@ mod tests {
     #[test]
     fn one_rendering_reads_in_both_formats_with_their_own_headers() {
         let table = table_of(3);
-        let rendered = render_table(&table, 1, Vec::new(), 0);
+        let rendered = render_table(&table, &[], 1, Vec::new(), 0);
         let body = |format| {
             let body = with_headers(&headers(format), rendered.families());
             String::from_utf8(body.concat()).unwrap()
@@ -582,7 +603,7 @@ mod tests {
         let mut took = Vec::new();
         for _ in 0..15 {
             let started = std::time::Instant::now();
-            let text = render_table(&table, workers, scratch, capacity);
+            let text = render_table(&table, &[], workers, scratch, capacity);
             took.push(started.elapsed());
             capacity = text.len();
             scratch = text.into_scratch();
@@ -602,9 +623,9 @@ mod tests {
     #[test]
     fn workers_write_the_same_text_as_one_thread_with_each_family_in_one_block() {
         let table = table_of(250);
-        let alone = render_table(&table, 1, Vec::new(), 0);
+        let alone = render_table(&table, &[], 1, Vec::new(), 0);
         assert_eq!(alone.buffers.len(), 1);
-        let shared = render_table(&table, 3, Vec::new(), alone.len());
+        let shared = render_table(&table, &[], 3, Vec::new(), alone.len());
         assert_eq!(shared.buffers.len(), 2, "25,000 rows make two shares");
         let text = String::from_utf8(shared.chunks.concat()).unwrap();
         assert_eq!(text.as_bytes(), &alone.chunks.concat()[..]);
@@ -627,13 +648,13 @@ mod tests {
     #[test]
     fn a_rendering_reuses_the_memory_of_the_last_one_unless_it_is_still_held() {
         let table = table_of(250);
-        let first = render_table(&table, 2, Vec::new(), 0);
+        let first = render_table(&table, &[], 2, Vec::new(), 0);
         let addresses: Vec<*const u8> = first.buffers.iter().map(|b| b.as_ptr()).collect();
         let arenas: Vec<*const u8> = first.snapshots.iter().map(|s| s.arena.as_ptr()).collect();
         let expected = first.chunks.concat();
         let scratch = first.into_scratch();
         assert_eq!(scratch.len(), 2);
-        let second = render_table(&table, 2, scratch, 0);
+        let second = render_table(&table, &[], 2, scratch, 0);
         let mut reused: Vec<*const u8> = second.buffers.iter().map(|b| b.as_ptr()).collect();
         reused.sort();
         let mut addresses_sorted = addresses.clone();

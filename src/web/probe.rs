@@ -562,7 +562,7 @@ mod tests {
             },
             outcome,
         );
-        let rendered = render_table(&table, 1, Vec::new(), 0);
+        let rendered = render_table(&table, &[], 1, Vec::new(), 0);
         let body = with_headers(&headers(Format::Text), rendered.families());
         let metrics = String::from_utf8(body.concat()).unwrap();
 
