@@ -160,7 +160,7 @@ fn dashboard_has_the_documented_panels() {
     );
     let panels = panels(&dashboard);
     let types: BTreeSet<&str> = panels.iter().filter_map(|p| p["type"].as_str()).collect();
-    for wanted in ["state-timeline", "table", "timeseries"] {
+    for wanted in ["state-timeline", "table", "timeseries", "bargauge"] {
         assert!(
             types.contains(wanted),
             "no {wanted} panel; types: {types:?}"
@@ -185,6 +185,13 @@ fn dashboard_has_the_documented_panels() {
         ("port_state{state=\"error\"", "table"),
         ("port_exporter_dns_lookup_failures_total", "timeseries"),
         ("port_target_ports", "stat"),
+        ("port_service_info", "table"),
+        ("port_service_reason", "table"),
+        ("port_service_unexpected", "table"),
+        ("port_tls_cert_expiry_timestamp_seconds", "bargauge"),
+        ("port_tls_cert_expiry_timestamp_seconds", "table"),
+        ("port_tls_version_info", "table"),
+        ("port_tls_cert_verified", "table"),
     ] {
         assert!(uses(metric, kind), "no {kind} panel queries {metric}");
     }
@@ -220,6 +227,85 @@ fn state_timeline_maps_the_recording_rule_codes() {
         "legend {}",
         timeline["targets"][0]["legendFormat"]
     );
+}
+
+#[test]
+fn certificate_expiry_is_in_days_soonest_first_with_thresholds_at_0_and_14() {
+    // The PortTLSCertificateExpiringSoon alert warns at 14 days, PortTLSCertificateExpired
+    // at 0: the dashboard colours the same boundaries.
+    let dashboard = dashboard();
+    let panels = panels(&dashboard);
+    let expiry: Vec<&Value> = panels
+        .into_iter()
+        .filter(|p| {
+            p["targets"].as_array().into_iter().flatten().any(|t| {
+                t["expr"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("port_tls_cert_expiry_timestamp_seconds"))
+            })
+        })
+        .collect();
+    assert_eq!(
+        expiry.len(),
+        2,
+        "a bar gauge and a table of certificate expiry"
+    );
+    for panel in expiry {
+        let title = title(panel);
+        let expr = panel["targets"][0]["expr"].as_str().unwrap();
+        assert!(
+            expr.contains("- time()) / 86400"),
+            "panel {title:?}: not days left: {expr}"
+        );
+        let (unit, thresholds) = if panel["type"] == "bargauge" {
+            assert!(
+                expr.starts_with("sort("),
+                "panel {title:?}: not soonest first"
+            );
+            let defaults = &panel["fieldConfig"]["defaults"];
+            (&defaults["unit"], &defaults["thresholds"])
+        } else {
+            assert_eq!(panel["type"], "table", "panel {title:?}");
+            assert_eq!(
+                panel["options"]["sortBy"][0],
+                serde_json::json!({"displayName": "days left", "desc": false}),
+                "panel {title:?}: not soonest first"
+            );
+            let properties = panel["fieldConfig"]["overrides"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|o| o["matcher"]["options"] == "days left")
+                .map(|o| &o["properties"])
+                .unwrap_or_else(|| panic!("panel {title:?}: no override of days left"));
+            let property = |id: &str| {
+                properties
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|p| p["id"] == id)
+                    .map(|p| &p["value"])
+                    .unwrap_or_else(|| panic!("panel {title:?}: days left has no {id}"))
+            };
+            (property("unit"), property("thresholds"))
+        };
+        assert_eq!(unit, "d", "panel {title:?}: unit");
+        let steps: Vec<(&Value, &Value)> = thresholds["steps"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|s| (&s["value"], &s["color"]))
+            .collect();
+        assert_eq!(
+            steps,
+            [
+                (&Value::Null, &Value::from("red")),
+                (&Value::from(0), &Value::from("orange")),
+                (&Value::from(14), &Value::from("green")),
+            ],
+            "panel {title:?}: thresholds"
+        );
+    }
 }
 
 #[test]
