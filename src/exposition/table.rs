@@ -423,7 +423,7 @@ impl Snapshot {
                 arena.push('"');
                 rows.push(RowSnapshot {
                     labels: start..arena.len(),
-                    row: *row,
+                    row: row.clone(),
                     unexpected: info.expect.is_broken_by(row.outcome.state),
                 });
             }
@@ -461,6 +461,7 @@ mod tests {
             reason: Reason::ConnRefused,
             connect: Some(Duration::from_micros(250)),
             at,
+            service: None,
         };
         let key = RowKey {
             port: 7,
@@ -559,6 +560,7 @@ mod tests {
                     },
                     connect: Some(Duration::from_micros(u64::from(port))),
                     at: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(port)),
+                    service: None,
                 };
                 let key = RowKey {
                     port,
