@@ -1,13 +1,13 @@
 //! The service check in process, against servers the tests run on loopback: TLS with
 //! certificates made here (valid for a CA file, expired, self-signed) and an HTTP responder
 //! behind them, SMTP with STARTTLS, a server that sends forever, one that never speaks, and a
-//! `query`.
+//! `query`; then the same findings as `/metrics` lines.
 
 mod common;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use port_exporter::config::Config;
 use port_exporter::domain::{Reason, Service, State, TlsMode};
@@ -431,4 +431,101 @@ async fn a_query_is_the_check() {
         (found.reason, found.unexpected),
         (Reason::QueryMismatch, Some(true))
     );
+}
+
+/// The labels of web's series on `port`, and `extra`.
+fn labels<'a>(port: &'a str, extra: &[(&'a str, &'a str)]) -> Vec<(&'a str, &'a str)> {
+    let mut labels = vec![
+        ("target", "web"),
+        ("host", "127.0.0.1"),
+        ("team", "a"),
+        ("ip", "127.0.0.1"),
+        ("port", port),
+    ];
+    labels.extend_from_slice(extra);
+    labels
+}
+
+#[test]
+fn the_findings_are_on_metrics() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let ca = Ca::new();
+    let leaf = ca.issue((2024, 1, 1), (2091, 2, 3));
+    let (tls, plain) =
+        runtime.block_on(async { (https_server(&leaf).await, serve(respond_http).await) });
+    let text = format!(
+        "[[targets]]\nname = \"web\"\nhost = \"127.0.0.1\"\nports = [{}, {}]\ntimeout = \"1s\"\nservice = \"tls\"\nlabels = {{ team = \"a\" }}\n[targets.tls]\nserver_name = \"localhost\"\nca_file = {:?}\n",
+        tls.port(),
+        plain.port(),
+        ca.path()
+    );
+    let exporter = common::start_exporter(&text);
+    common::wait_ready(exporter.addr, Duration::from_secs(10));
+    let body = common::get(exporter.addr, "/metrics").text();
+    let samples = common::parse_samples(&body);
+    let port = |addr: SocketAddr| addr.port().to_string();
+    let (tls_port, plain_port) = (port(tls), port(plain));
+    let at = |port| labels(port, &[]);
+    let with = labels;
+    let info = with(
+        &tls_port,
+        &[
+            ("service", "http"),
+            ("tls", "implicit"),
+            ("version", "tiny/1.0"),
+        ],
+    );
+    assert_eq!(
+        common::value(&samples, "port_service_info", &info),
+        1.0,
+        "{body}"
+    );
+    assert_eq!(
+        common::value(&samples, "port_service_unexpected", &at(&tls_port)),
+        0.0
+    );
+    let matched = with(&tls_port, &[("reason", "matched")]);
+    assert_eq!(
+        common::value(&samples, "port_service_reason", &matched),
+        1.0
+    );
+    assert_eq!(
+        common::value(
+            &samples,
+            "port_tls_cert_expiry_timestamp_seconds",
+            &at(&tls_port)
+        ),
+        leaf.not_after as f64
+    );
+    assert_eq!(
+        common::value(&samples, "port_tls_cert_verified", &at(&tls_port)),
+        1.0
+    );
+    assert_eq!(
+        common::find(&samples, "port_tls_version_info", &at(&tls_port)).len(),
+        1
+    );
+    // Plain HTTP where TLS must be: unexpected, and no TLS series.
+    assert_eq!(
+        common::value(&samples, "port_service_unexpected", &at(&plain_port)),
+        1.0
+    );
+    let no_tls = with(&plain_port, &[("reason", "no-tls")]);
+    assert_eq!(common::value(&samples, "port_service_reason", &no_tls), 1.0);
+    assert!(
+        common::find(
+            &samples,
+            "port_tls_cert_expiry_timestamp_seconds",
+            &at(&plain_port)
+        )
+        .is_empty()
+    );
+    // The state says what the network did.
+    assert_eq!(common::state_of(&samples, &at(&plain_port)), "open");
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as f64;
+    assert!(leaf.not_after as f64 > now);
+    exporter.stop();
 }
