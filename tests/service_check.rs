@@ -163,10 +163,15 @@ where
     addr
 }
 
-/// Probes `addr` as the target `keys` (TOML lines) describe it.
+/// Probes `addr` as the target `keys` (TOML lines) describe it, with a budget of 1 s.
 async fn check(addr: SocketAddr, keys: &str) -> Outcome {
+    check_within(addr, "1s", keys).await
+}
+
+/// [`check`] with the target's `timeout` (the check's budget).
+async fn check_within(addr: SocketAddr, timeout: &str, keys: &str) -> Outcome {
     let text = format!(
-        "[[targets]]\nhost = \"127.0.0.1\"\nports = [{}]\ntimeout = \"1s\"\nretries = 0\n{keys}",
+        "[[targets]]\nhost = \"127.0.0.1\"\nports = [{}]\ntimeout = {timeout:?}\nretries = 0\n{keys}",
         addr.port()
     );
     let config = Config::parse(&text, "test").unwrap_or_else(|e| panic!("{e}\n{text}"));
@@ -246,13 +251,19 @@ async fn an_expected_service_is_verified_and_another_one_is_reported_unexpected(
     );
 }
 
-/// An SMTP server that offers STARTTLS and then shakes hands with `leaf`.
-async fn smtp_server(leaf: &Leaf) -> SocketAddr {
+/// A line-based server that greets with `greeting`, answers each line that starts with one
+/// of `replies`' prefixes with its reply, and shakes hands with `leaf` after the one that
+/// starts TLS (the last).
+async fn starttls_server(
+    leaf: &Leaf,
+    greeting: &'static [u8],
+    replies: &'static [(&'static [u8], &'static [u8])],
+) -> SocketAddr {
     let acceptor = acceptor(leaf);
     serve(move |mut stream| {
         let acceptor = acceptor.clone();
         async move {
-            let _ = stream.write_all(b"220 mail.test ESMTP tiny\r\n").await;
+            let _ = stream.write_all(greeting).await;
             let mut line = Vec::new();
             let mut byte = [0u8; 1];
             loop {
@@ -263,12 +274,14 @@ async fn smtp_server(leaf: &Leaf) -> SocketAddr {
                 if byte[0] != b'\n' {
                     continue;
                 }
-                if line.starts_with(b"EHLO") {
-                    let _ = stream
-                        .write_all(b"250-mail.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n")
-                        .await;
-                } else if line.starts_with(b"STARTTLS") {
-                    let _ = stream.write_all(b"220 go ahead\r\n").await;
+                let Some(at) = replies
+                    .iter()
+                    .position(|(asked, _)| line.starts_with(asked))
+                else {
+                    return;
+                };
+                let _ = stream.write_all(replies[at].1).await;
+                if at == replies.len() - 1 {
                     let _ = acceptor.accept(stream).await;
                     return;
                 }
@@ -277,6 +290,13 @@ async fn smtp_server(leaf: &Leaf) -> SocketAddr {
         }
     })
     .await
+}
+
+/// An SMTP server that offers STARTTLS and then shakes hands with `leaf`.
+async fn smtp_server(leaf: &Leaf) -> SocketAddr {
+    const EHLO: &[u8] = b"250-mail.test\r\n250-PIPELINING\r\n250 STARTTLS\r\n";
+    let replies: &[(&[u8], &[u8])] = &[(b"EHLO", EHLO), (b"STARTTLS", b"220 go ahead\r\n")];
+    starttls_server(leaf, b"220 mail.test ESMTP tiny\r\n", replies).await
 }
 
 #[tokio::test]
@@ -297,6 +317,83 @@ async fn smtp_is_asked_for_starttls_to_read_its_certificate() {
     // "tls" is any service over TLS, STARTTLS included.
     let tls = check(addr, "service = \"tls\"\n").await.service.unwrap();
     assert_eq!((tls.tls, tls.unexpected), (TlsMode::StartTls, Some(false)));
+}
+
+#[tokio::test]
+async fn imap_pop3_and_postgresql_are_asked_for_tls_too() {
+    let leaf = self_signed();
+    let imap = starttls_server(
+        &leaf,
+        b"* OK [CAPABILITY IMAP4rev1 STARTTLS] ready\r\n",
+        &[(b"a1 STARTTLS", b"a1 OK Begin TLS negotiation now.\r\n")],
+    )
+    .await;
+    let pop3 = starttls_server(
+        &leaf,
+        b"+OK ready\r\n",
+        &[(b"STLS", b"+OK Begin TLS negotiation now.\r\n")],
+    )
+    .await;
+    let acceptor = acceptor(&leaf);
+    let postgresql = serve(move |mut stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let mut request = [0u8; 8];
+            if stream.read_exact(&mut request).await.is_ok()
+                && request == [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]
+                && stream.write_all(b"S").await.is_ok()
+            {
+                let _ = acceptor.accept(stream).await;
+            }
+        }
+    })
+    .await;
+    for (addr, service) in [
+        (imap, Service::Imap),
+        (pop3, Service::Pop3),
+        (postgresql, Service::Postgresql),
+    ] {
+        let found = check(addr, "service = \"auto\"\n").await.service.unwrap();
+        assert_eq!(
+            (found.service, found.tls, found.reason),
+            (service, TlsMode::StartTls, Reason::Matched),
+            "{found:?}"
+        );
+        assert_eq!(found.cert.as_ref().unwrap().expiry, Some(leaf.not_after));
+    }
+}
+
+#[tokio::test]
+async fn a_tls_server_that_answers_plain_text_with_a_plain_400_is_still_tls() {
+    // As nginx's TLS ports do: bytes that are no ClientHello get an HTTP 400 in clear text.
+    let leaf = self_signed();
+    let acceptor = acceptor(&leaf);
+    let addr = serve(move |stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let mut first = [0u8; 1];
+            if stream.peek(&mut first).await.is_err() {
+                return;
+            }
+            if first[0] == 0x16 {
+                if let Ok(tls) = acceptor.accept(stream).await {
+                    respond_http(tls).await;
+                }
+            } else {
+                let mut stream = stream;
+                let _ = stream
+                    .write_all(b"HTTP/1.1 400 Bad Request\r\nServer: tiny/1.0\r\n\r\n")
+                    .await;
+            }
+        }
+    })
+    .await;
+    let found = check(addr, "service = \"auto\"\n").await.service.unwrap();
+    assert_eq!(
+        (found.service, found.tls, found.reason),
+        (Service::Http, TlsMode::Implicit, Reason::Matched),
+        "{found:?}"
+    );
 }
 
 #[tokio::test]
@@ -362,7 +459,7 @@ async fn a_server_that_never_speaks_costs_the_budget_and_is_reset() {
         assert_eq!(outcome.state, State::Open, "a failed check is still open");
         assert_eq!((found.service, found.reason), (Service::Unknown, reason));
         assert!(
-            took >= Duration::from_millis(900) && took < Duration::from_millis(1_400),
+            took >= Duration::from_millis(900) && took < Duration::from_millis(1_150),
             "{keys}: {took:?} for a budget of 1 s"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -373,6 +470,48 @@ async fn a_server_that_never_speaks_costs_the_budget_and_is_reset() {
         assert!(!ends.is_empty() && ends.len() <= 4, "{ends:?}");
         assert!(ends.iter().all(|e| *e == "reset"), "{ends:?}");
     }
+}
+
+#[tokio::test]
+async fn the_budget_bounds_an_exchange_that_starts_late() {
+    // Silent to anything but a ClientHello; a slow handshake (300 ms), then silent inside TLS.
+    // With a budget of 2 s: the greeting's wait and PING's end at 1 s, the handshake at 1.3 s,
+    // the greeting inside at 1.8 s, and the HTTP request inside, whose quarter would end at
+    // 2.3 s, at the budget's end.
+    let acceptor = acceptor(&self_signed());
+    let addr = serve(move |mut stream| {
+        let acceptor = acceptor.clone();
+        async move {
+            let mut first = [0u8; 1];
+            if stream.peek(&mut first).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 1024];
+            if first[0] != 0x16 {
+                while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            if let Ok(mut tls) = acceptor.accept(stream).await {
+                while matches!(tls.read(&mut buf).await, Ok(n) if n > 0) {}
+            }
+        }
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let found = check_within(addr, "2s", "service = \"auto\"\n")
+        .await
+        .service
+        .unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        (found.service, found.tls, found.reason),
+        (Service::Unknown, TlsMode::Implicit, Reason::Timeout)
+    );
+    assert!(
+        took >= Duration::from_millis(1_900) && took < Duration::from_millis(2_200),
+        "{took:?} for a budget of 2 s"
+    );
 }
 
 #[tokio::test]
