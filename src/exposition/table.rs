@@ -176,6 +176,9 @@ struct Snapshot {
     arena: String,
     targets: Vec<TargetSnapshot>,
     rows: Vec<RowSnapshot>,
+    /// Whether any row has a service finding: the service check's sections are skipped
+    /// without a pass over the rows when none has.
+    checked: bool,
 }
 
 /// Writes the table's families as text, on up to `workers` threads (the caller's among
@@ -294,7 +297,9 @@ impl Scratch {
             arena,
             targets,
             rows,
+            checked: any_checked,
         } = &self.snapshot;
+        let checked_rows: &[RowSnapshot] = if *any_checked { rows } else { &[] };
         let out = &mut self.out;
         for (i, section) in Section::ALL.into_iter().enumerate() {
             offsets[i] = out.len();
@@ -355,7 +360,7 @@ impl Scratch {
                     }
                 }
                 Section::ServiceInfo => {
-                    for (r, found) in checked(rows) {
+                    for (r, found) in checked(checked_rows) {
                         let labels = [
                             ("service", found.service.as_str()),
                             ("tls", found.tls.as_str()),
@@ -365,18 +370,18 @@ impl Scratch {
                     }
                 }
                 Section::ServiceUnexpected => {
-                    for (r, found) in checked(rows) {
+                    for (r, found) in checked(checked_rows) {
                         push_flag(out, name, &arena[r.labels.clone()], found.unexpected);
                     }
                 }
                 Section::ServiceReason => {
-                    for (r, found) in checked(rows) {
+                    for (r, found) in checked(checked_rows) {
                         let reason = found.reason.as_str();
                         push_info(out, name, &arena[r.labels.clone()], &[("reason", &reason)]);
                     }
                 }
                 Section::TlsCertExpiry => {
-                    for (r, cert) in certs(rows) {
+                    for (r, cert) in certs(checked_rows) {
                         if let Some(expiry) = cert.expiry {
                             let value = numbers.int(expiry);
                             push_line(out, name, &arena[r.labels.clone()], "} ", value);
@@ -384,13 +389,13 @@ impl Scratch {
                     }
                 }
                 Section::TlsVersion => {
-                    for (r, cert) in certs(rows) {
+                    for (r, cert) in certs(checked_rows) {
                         let labels = [("version", cert.version)];
                         push_info(out, name, &arena[r.labels.clone()], &labels);
                     }
                 }
                 Section::TlsCertVerified => {
-                    for (r, cert) in certs(rows) {
+                    for (r, cert) in certs(checked_rows) {
                         push_flag(out, name, &arena[r.labels.clone()], cert.verified);
                     }
                 }
@@ -455,7 +460,9 @@ impl Snapshot {
             arena,
             targets,
             rows,
+            checked,
         } = self;
+        *checked = false;
         arena.clear();
         targets.clear();
         rows.clear();
@@ -504,6 +511,7 @@ impl Snapshot {
                     }
                 }
                 arena.push('"');
+                *checked |= row.outcome.service.is_some();
                 rows.push(RowSnapshot {
                     labels: start..arena.len(),
                     row: row.clone(),
