@@ -4,17 +4,18 @@
 //! It runs after the connect probe found the port open, on that probe's connection, and takes
 //! at most the target's `timeout` more. The smallest exchange that is sure comes first, as
 //! nmap's service probes do: wait for a server that speaks first (SSH, SMTP, FTP, POP3, IMAP,
-//! MySQL), else probe ([`probes`]: a TLS ClientHello, an HTTP request, Redis' `PING`,
+//! MySQL), else probe (`probes`: a TLS ClientHello, an HTTP request, Redis' `PING`,
 //! PostgreSQL's SSLRequest), each on a connection of its own where the last one was spent, at
 //! most [`MAX_CONNECTIONS`] in all. What the bytes say is decided by [`rules`]. Over TLS the
 //! service inside is identified the same way; SMTP, IMAP, POP3 and PostgreSQL are asked to
-//! start TLS ([`starttls`]) to read their certificate. A target's `query` replaces all of this
-//! with its own steps ([`query`]).
+//! start TLS (`starttls`) to read their certificate. A target's `query` replaces all of this
+//! with its own steps (`query`).
 //!
-//! Bounded: [`io::READ_LIMIT`] bytes per exchange, [`io::TLS_LIMIT`] per TLS connection, a
-//! share of the budget per exchange (a quarter; a half for the handshake and for the probe the
-//! port or the expectation points at). Every connection is closed as the probe's own (a reset
-//! by default). A failed check is data: a [`Reason`], never an `Err`.
+//! Bounded: 16 KiB per exchange, 64 KiB per TLS connection (`io`'s limits), a share of the
+//! budget per exchange (a quarter; a half for the probe the port or the expectation points
+//! at, and for a handshake after STARTTLS or before a query), no exchange past the budget's
+//! end. Every connection is closed as the probe's own (a reset by default). A failed check is
+//! data: a [`Reason`], never an `Err`.
 //!
 //! - `rules`: the match rules on the bytes read;
 //! - `probes`: the probes' bytes and the order they are tried in;
