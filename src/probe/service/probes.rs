@@ -49,6 +49,9 @@ const HTTP_PORTS: &[u16] = &[
     80, 81, 591, 3000, 5000, 8000, 8008, 8080, 8081, 8088, 8888, 9000, 9090,
 ];
 
+/// Ports whose service speaks first: its greeting is given longer.
+const GREETING_PORTS: &[u16] = &[21, 22, 25, 110, 143, 587, 2222, 3306];
+
 const REDIS_PORTS: &[u16] = &[6379];
 
 const POSTGRES_PORTS: &[u16] = &[5432, 5433, 6432];
@@ -80,6 +83,8 @@ fn hint(port: u16) -> Option<ProbeKind> {
         Some(ProbeKind::Redis)
     } else if among(POSTGRES_PORTS) {
         Some(ProbeKind::Postgres)
+    } else if among(GREETING_PORTS) {
+        Some(ProbeKind::Greeting)
     } else {
         None
     }
@@ -146,7 +151,8 @@ mod tests {
 
     #[test]
     fn the_port_and_the_expectation_choose_the_order_only() {
-        assert_eq!(order(22, None), (DEFAULT_ORDER.to_vec(), false));
+        assert_eq!(order(22, None), (DEFAULT_ORDER.to_vec(), true));
+        assert_eq!(order(7000, None), (DEFAULT_ORDER.to_vec(), false));
         assert_eq!(
             order(443, Some(ServiceExpect::Auto)),
             (vec![Tls, Greeting, Redis, Http, Postgres], true)
