@@ -1,5 +1,6 @@
 //! The words of the domain, each defined once: a port's [`State`], the [`Reason`] behind it,
-//! what the operator [`Expect`]s, and how a port is probed ([`Attempts`], [`Timing`], [`Close`]).
+//! what the operator [`Expect`]s, how a port is probed ([`Attempts`], [`Timing`], [`Close`]),
+//! and what speaks on it ([`Service`], [`TlsMode`]).
 //!
 //! Every other module (config, probe, state table, exposition, status page, `/probe`) spells
 //! these through the functions here, so a label value, a config word and a page's wording can
@@ -84,6 +85,25 @@ pub enum Reason {
     Local(i32),
     /// A failure that carried no errno.
     Unknown,
+    // Why a service check ended (`port_service_reason`).
+    /// The service was identified, or is the one expected, or the query's steps all matched.
+    Matched,
+    /// The server answered, but not as any service known (or not as the one expected).
+    BannerMismatch,
+    /// A server expected to speak first said nothing within the wait.
+    NoBanner,
+    /// A TLS handshake (implicit or after STARTTLS) failed.
+    TlsHandshakeFailed,
+    /// `service = "tls"`, but the service found offers no TLS.
+    NoTls,
+    /// The check's time budget (the target's `timeout`) ran out before it could tell.
+    Timeout,
+    /// The server closed the connection before anything told what it is.
+    ClosedByPeer,
+    /// A reply reached the byte limit before anything told what it is.
+    ByteLimit,
+    /// A step of the target's `query` did not get the reply it expects.
+    QueryMismatch,
 }
 
 impl Reason {
@@ -105,6 +125,15 @@ impl Reason {
             Reason::SelfConnect => "self-connect",
             Reason::Dns => "dns",
             Reason::Unknown => "unknown",
+            Reason::Matched => "matched",
+            Reason::BannerMismatch => "banner-mismatch",
+            Reason::NoBanner => "no-banner",
+            Reason::TlsHandshakeFailed => "tls-handshake-failed",
+            Reason::NoTls => "no-tls",
+            Reason::Timeout => "timeout",
+            Reason::ClosedByPeer => "closed-by-peer",
+            Reason::ByteLimit => "byte-limit",
+            Reason::QueryMismatch => "query-mismatch",
             Reason::Local(errno) => {
                 let name = format!("{:?}", nix::errno::Errno::from_raw(errno));
                 return Cow::Owned(match name.as_str() {
@@ -194,6 +223,96 @@ impl FromStr for Expect {
     }
 }
 
+/// What speaks on a port, as nmap's service names call it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Service {
+    Ssh,
+    Http,
+    Smtp,
+    Imap,
+    Pop3,
+    Ftp,
+    Mysql,
+    Postgresql,
+    Redis,
+    /// Something answered (or TLS did), but no rule knew it.
+    Unknown,
+    /// A target's `query` steps were the check, and it names no service.
+    Custom,
+}
+
+impl Service {
+    /// The services the exporter identifies, which `service = "<name>"` may name.
+    pub const NAMED: [Service; 9] = [
+        Service::Ssh,
+        Service::Http,
+        Service::Smtp,
+        Service::Imap,
+        Service::Pop3,
+        Service::Ftp,
+        Service::Mysql,
+        Service::Postgresql,
+        Service::Redis,
+    ];
+
+    /// The `service` label value, and the config word.
+    ///
+    /// ```
+    /// use port_exporter::domain::Service;
+    /// assert_eq!(Service::Postgresql.as_str(), "postgresql");
+    /// assert_eq!("ssh".parse(), Ok(Service::Ssh));
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Service::Ssh => "ssh",
+            Service::Http => "http",
+            Service::Smtp => "smtp",
+            Service::Imap => "imap",
+            Service::Pop3 => "pop3",
+            Service::Ftp => "ftp",
+            Service::Mysql => "mysql",
+            Service::Postgresql => "postgresql",
+            Service::Redis => "redis",
+            Service::Unknown => "unknown",
+            Service::Custom => "custom",
+        }
+    }
+}
+
+impl FromStr for Service {
+    type Err = ();
+
+    /// One of [`Service::NAMED`].
+    fn from_str(text: &str) -> Result<Service, ()> {
+        Service::NAMED
+            .into_iter()
+            .find(|s| s.as_str() == text)
+            .ok_or(())
+    }
+}
+
+/// How TLS was found on a port: the `tls` label beside the service.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TlsMode {
+    /// No TLS (none offered, or none tried).
+    None,
+    /// TLS from the first byte, as on 443 (nmap's `ssl/http`).
+    Implicit,
+    /// The service's own upgrade: SMTP, IMAP and POP3 STARTTLS, PostgreSQL's SSLRequest.
+    StartTls,
+}
+
+impl TlsMode {
+    /// The `tls` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TlsMode::None => "none",
+            TlsMode::Implicit => "implicit",
+            TlsMode::StartTls => "starttls",
+        }
+    }
+}
+
 /// How a connection that succeeded is closed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -277,6 +396,17 @@ mod tests {
         );
         assert_eq!(Reason::Local(99999).as_str(), "errno99999");
         assert_eq!(Reason::HostUnreach.as_str(), "host-unreach");
+        assert_eq!(Reason::TlsHandshakeFailed.as_str(), "tls-handshake-failed");
+    }
+
+    #[test]
+    fn service_words_round_trip_and_only_named_services_parse() {
+        for service in Service::NAMED {
+            assert_eq!(service.as_str().parse(), Ok(service));
+        }
+        assert_eq!("unknown".parse::<Service>(), Err(()));
+        assert_eq!("custom".parse::<Service>(), Err(()));
+        assert_eq!(TlsMode::StartTls.as_str(), "starttls");
     }
 
     #[test]

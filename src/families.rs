@@ -31,8 +31,8 @@ pub struct Family {
     pub labels: &'static [&'static str],
 }
 
-// The state table's families, on `/metrics`; `port_state`, `port_state_reason` and
-// `port_connect_duration_seconds` are also `/probe`'s.
+// The state table's families, on `/metrics` (the service check's are below); `port_state`,
+// `port_state_reason` and `port_connect_duration_seconds` are also `/probe`'s.
 
 /// A gauge with a `state` label, not an OpenMetrics StateSet: a StateSet's label must be
 /// named after the family (`port_state{port_state="open"}`), which would break every rule,
@@ -90,6 +90,46 @@ pub const PORT_TARGET_PORTS: Family = Family {
     help: "Ports of the target per address and state, counting range ports that have no series of their own.",
     kind: Kind::Gauge,
     labels: &["host", "ip", "state"],
+};
+
+// The service check's families (targets with `service` or `query`), on `/metrics`: written
+// only for open ports whose last probe ran the check.
+
+pub const PORT_SERVICE_INFO: Family = Family {
+    name: "port_service_info",
+    help: "1 for the service found on the last probe of an open port (nmap's names; unknown when nothing matched), with TLS beside it (none, implicit, starttls) and the version it announces, where short.",
+    kind: Kind::Info,
+    labels: &["host", "port", "ip", "service", "tls", "version"],
+};
+pub const PORT_SERVICE_UNEXPECTED: Family = Family {
+    name: "port_service_unexpected",
+    help: "1 when the service found breaks the target's service = \"<name>\" (or its query failed), else 0; absent when no service is expected.",
+    kind: Kind::Gauge,
+    labels: &["host", "port", "ip"],
+};
+pub const PORT_SERVICE_REASON: Family = Family {
+    name: "port_service_reason",
+    help: "Why the service check ended (matched, banner-mismatch, no-banner, tls-handshake-failed, timeout, closed-by-peer, ...).",
+    kind: Kind::Gauge,
+    labels: &["host", "port", "ip", "reason"],
+};
+pub const PORT_TLS_CERT_EXPIRY: Family = Family {
+    name: "port_tls_cert_expiry_timestamp_seconds",
+    help: "Unix time of the earliest notAfter in the certificate chain the server sent, whether it verifies or not.",
+    kind: Kind::Gauge,
+    labels: &["host", "port", "ip"],
+};
+pub const PORT_TLS_VERSION_INFO: Family = Family {
+    name: "port_tls_version_info",
+    help: "1, labelled with the TLS version the handshake agreed on (TLS 1.2, TLS 1.3).",
+    kind: Kind::Info,
+    labels: &["host", "port", "ip", "version"],
+};
+pub const PORT_TLS_CERT_VERIFIED: Family = Family {
+    name: "port_tls_cert_verified",
+    help: "1 when the chain verifies against the roots (ca_file, else the system's) for the server name now, else 0; absent under insecure_skip_verify.",
+    kind: Kind::Gauge,
+    labels: &["host", "port", "ip"],
 };
 
 // `/probe`'s own families, as blackbox_exporter names them.

@@ -7,10 +7,10 @@
 //!
 //! | module | concern |
 //! |---|---|
-//! | [`domain`] | the shared words: [`domain::State`], [`domain::Reason`], [`domain::Expect`], [`domain::Attempts`] and its budget |
+//! | [`domain`] | the shared words: [`domain::State`], [`domain::Reason`], [`domain::Expect`], [`domain::Attempts`] and its budget, [`domain::Service`], [`domain::TlsMode`] |
 //! | [`families`] | every metric family's name, HELP, type and labels, defined once |
-//! | [`config`] | the TOML file: raw serde structs, validated into [`config::Config`]; ports, durations, address selection, the `/probe` allow list |
-//! | [`probe`] | one probe of one address: the [`probe::Probe`] trait, the TCP connect probe, errno classification |
+//! | [`config`] | the TOML file: raw serde structs, validated into [`config::Config`]; ports, durations, address selection, service checks, the `/probe` allow list |
+//! | [`probe`] | one probe of one address: the [`probe::Probe`] trait, the TCP connect probe, errno classification, and on an open port the service check ([`probe::service`]: what speaks, its TLS certificate) |
 //! | [`telemetry`] | the exporter's own metrics (a registry the layers above update) |
 //! | [`state`] | the state table, the single source of truth, read through [`state::StateTable::view`] |
 //! | [`schedule`] | background rounds per target under a global cap, paced; name lookups; sharding |

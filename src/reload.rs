@@ -118,6 +118,7 @@ mod tests {
                 reason: Reason::ConnRefused,
                 connect: None,
                 at: std::time::SystemTime::now(),
+                service: None,
             }
         }
     }

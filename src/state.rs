@@ -60,8 +60,9 @@ pub struct RowKey {
     pub ip: Option<IpAddr>,
 }
 
-/// The latest outcome of one (target, port, address) and its history.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// The latest outcome of one (target, port, address) and its history. A row without a
+/// service check is the size it was before there were any (the finding is one pointer).
+#[derive(Clone, Debug, PartialEq)]
 pub struct Row {
     pub outcome: Outcome,
     /// How often the state changed since the row appeared.
@@ -191,21 +192,23 @@ impl StateTable {
             // The port was removed, or the host changed, by a reload while its probe ran.
             return;
         }
-        entry
-            .rows
-            .entry(key)
-            .and_modify(|row| {
+        match entry.rows.entry(key) {
+            std::collections::btree_map::Entry::Occupied(mut row) => {
+                let row = row.get_mut();
                 if row.outcome.state != outcome.state {
                     row.changes += 1;
                     row.last_change = outcome.at;
                 }
                 row.outcome = outcome;
-            })
-            .or_insert(Row {
-                outcome,
-                changes: 0,
-                last_change: outcome.at,
-            });
+            }
+            std::collections::btree_map::Entry::Vacant(vacant) => {
+                vacant.insert(Row {
+                    last_change: outcome.at,
+                    outcome,
+                    changes: 0,
+                });
+            }
+        }
     }
 
     /// A number that grows with every change to the table.
@@ -228,7 +231,7 @@ impl StateTable {
     /// let config = Config::parse("[[targets]]\nname = \"db\"\nhost = \"127.0.0.1\"\nports = [5432]", "t").unwrap();
     /// let table = StateTable::new();
     /// table.set_targets(&config.targets);
-    /// let closed = Outcome { state: State::Closed, reason: Reason::ConnRefused, connect: None, at: SystemTime::now() };
+    /// let closed = Outcome { state: State::Closed, reason: Reason::ConnRefused, connect: None, at: SystemTime::now(), service: None };
     /// table.record("db", RowKey { port: 5432, ip: Some("127.0.0.1".parse().unwrap()) }, closed);
     /// let states: Vec<State> = table.view(|targets| {
     ///     targets["db"].rows.values().map(|row| row.outcome.state).collect()
@@ -261,6 +264,7 @@ mod tests {
             reason: Reason::Unknown,
             connect: None,
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(secs),
+            service: None,
         }
     }
 
@@ -278,14 +282,14 @@ mod tests {
         let key = RowKey { port: 1, ip: V4 };
         table.record("h", key, outcome(State::Open, 10));
         table.record("h", key, outcome(State::Open, 20));
-        let row = table.view(Clone::clone)["h"].rows[&key];
+        let row = table.view(Clone::clone)["h"].rows[&key].clone();
         assert_eq!(
             (row.changes, row.last_change),
             (0, outcome(State::Open, 10).at)
         );
         table.record("h", key, outcome(State::Closed, 30));
         table.record("h", key, outcome(State::Open, 40));
-        let row = table.view(Clone::clone)["h"].rows[&key];
+        let row = table.view(Clone::clone)["h"].rows[&key].clone();
         assert_eq!(
             (row.changes, row.last_change),
             (2, outcome(State::Open, 40).at)

@@ -120,11 +120,11 @@ const CASES: &[(&str, &str)] = &[
     ),
     (
         "unknown_defaults_field",
-        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `expect`, `close`, `ip_protocol`, `source_address`",
+        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `expect`, `close`, `ip_protocol`, `source_address`, `service`, `tls`, `query`",
     ),
     (
         "unknown_field",
-        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `close`, `ip_protocol`, `source_address`",
+        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `close`, `ip_protocol`, `source_address`, `service`, `tls`, `query`",
     ),
     (
         "unknown_timing",
@@ -135,6 +135,51 @@ const CASES: &[(&str, &str)] = &[
         "1:2: unknown field `global`, expected one of `defaults`, `targets`, `probe`",
     ),
     ("zero_timeout", "2:11: timeout must be greater than zero"),
+    (
+        "service_unknown",
+        "4:11: invalid service \"postgres\": expected \"auto\", \"tls\" or a service name: ssh, http, smtp, imap, pop3, ftp, mysql, postgresql, redis",
+    ),
+    (
+        "service_timeout_exceeds_interval",
+        "5:12: target \"db\": timeout x (retries + 2) = 6s must not exceed interval 4s (a service check takes up to one more timeout)",
+    ),
+    (
+        "tls_unknown_field",
+        "6:1: unknown field `sni`, expected one of `server_name`, `ca_file`, `insecure_skip_verify`",
+    ),
+    (
+        "tls_bad_server_name",
+        "6:15: invalid tls.server_name \"not a name\": expected a DNS name or an IP address",
+    ),
+    (
+        "tls_ca_file_missing",
+        "2:19: tls.ca_file \"no-such-ca.pem\": cannot read: No such file or directory (os error 2)",
+    ),
+    (
+        "tls_ca_file_not_pem",
+        "5:19: tls.ca_file \"tls_ca_file_missing.toml\": no PEM certificate in it",
+    ),
+    (
+        "query_bad_regex",
+        "4:40: invalid expect regex \"(PONG\": unclosed group",
+    ),
+    (
+        "query_send_and_send_hex",
+        "5:28: a query step takes send or send_hex, not both",
+    ),
+    (
+        "query_bad_hex",
+        "4:23: invalid send_hex \"0000000804d2162\": expected pairs of hex digits such as \"0000000804d2162f\"",
+    ),
+    (
+        "query_empty_step",
+        "4:29: a query step needs send, send_hex or expect",
+    ),
+    ("query_empty", "4:9: query must list at least one step"),
+    (
+        "query_unknown_field",
+        "4:27: unknown field `reply`, expected one of `send`, `send_hex`, `expect`",
+    ),
     (
         "bad_ip_protocol",
         "4:15: unknown variant `ip4`, expected one of `both`, `ipv4`, `ipv6`",

@@ -98,6 +98,17 @@ fn check_invariants(config: &Config) -> Result<(), TestCaseError> {
         prop_assert!(!t.interval.is_zero() && !t.timeout.is_zero());
         prop_assert!(t.retries <= 10);
         prop_assert!(t.timeout * (t.retries + 1) <= t.interval);
+        // A service check takes up to one more timeout, and it has something to check.
+        if let Some(check) = &t.service {
+            prop_assert!(t.timeout * (t.retries + 2) <= t.interval);
+            prop_assert!(check.service.is_some() || check.query.is_some());
+            if check.query.as_ref().is_some_and(|q| q.steps.is_empty()) {
+                return Err(TestCaseError::fail(format!(
+                    "{}: a query without steps",
+                    t.name
+                )));
+            }
+        }
         // A literal host, and the source address, are of the family probed.
         let family = t.family();
         if let Ok(ip) = t.host.parse::<std::net::IpAddr>() {
@@ -140,6 +151,8 @@ struct ModelTarget {
     /// `ip_protocol` and `source_address`, consistent with each other and a literal host
     ip_protocol: Option<&'static str>,
     source_address: Option<&'static str>,
+    /// `service`, and whether the `tls` table sets `insecure_skip_verify`
+    service: Option<(&'static str, bool)>,
 }
 
 #[derive(Clone, Debug)]
@@ -297,6 +310,13 @@ impl Model {
                 self.key("source_address"),
                 toml_str(source)
             ));
+        }
+        if let Some((service, insecure)) = t.service {
+            fields.push(format!("{} = {}", self.key("service"), toml_str(service)));
+            if insecure {
+                let table = format!("{{ {} = true }}", self.key("insecure_skip_verify"));
+                fields.push(format!("{} = {table}", self.key("tls")));
+            }
         }
         fields
     }
@@ -513,10 +533,30 @@ fn target_strategy() -> impl Strategy<Value = ModelTarget> {
         labels_strategy(),
         timing_strategy(),
         (prop::option::of(0usize..3), prop::option::of(0usize..5)),
+        prop::option::of((
+            prop::sample::select(vec!["auto", "tls", "ssh", "http", "postgresql", "redis"]),
+            any::<bool>(),
+        )),
     )
         .prop_map(
-            |(name, host, ports, pick, expect, close, labels, timing, (protocol, source))| {
+            |(
+                name,
+                host,
+                ports,
+                pick,
+                expect,
+                close,
+                labels,
+                timing,
+                (protocol, source),
+                service,
+            )| {
                 let (ip_protocol, source_address) = address_selection(&host, protocol, source);
+                // A service check needs one more timeout within the interval.
+                let timing = timing.map(|(interval, timeout, retries, a, b)| {
+                    let more = if service.is_some() { timeout } else { 0 };
+                    (interval + more, timeout, retries, a, b)
+                });
                 ModelTarget {
                     name,
                     exclude: exclude_for(&ports, pick),
@@ -528,6 +568,7 @@ fn target_strategy() -> impl Strategy<Value = ModelTarget> {
                     timing,
                     ip_protocol,
                     source_address,
+                    service,
                 }
             },
         )
@@ -653,6 +694,11 @@ fn value_strategy() -> impl Strategy<Value = String> {
             "[\"\"]",
             "[\"::/129\"]",
             "[\"1.2.3.4/-1\"]",
+            "{ ca_file = \"/nonexistent\" }",
+            "{ server_name = 1 }",
+            "[{}]",
+            "[{ expect = \"(\" }]",
+            "[{ send_hex = \"0\" }]",
         ])
         .prop_map(str::to_string),
         (1usize..300).prop_map(|n| format!("{}1{}", "[".repeat(n), "]".repeat(n))),
@@ -669,6 +715,8 @@ struct TypedValues {
     host: String,
     labels: String,
     word: String,
+    tls: String,
+    query: String,
 }
 
 impl TypedValues {
@@ -679,8 +727,10 @@ impl TypedValues {
             "retries" | "max_retries" => self.retries.clone(),
             "host" | "name" => self.host.clone(),
             "labels" => self.labels.clone(),
-            "expect" | "close" | "ip_protocol" | "timing" => self.word.clone(),
-            "source_address" => self.host.clone(),
+            "expect" | "close" | "ip_protocol" | "timing" | "service" => self.word.clone(),
+            "source_address" | "server_name" => self.host.clone(),
+            "tls" => self.tls.clone(),
+            "query" => self.query.clone(),
             // a label's value: any string is fine; make it a long one
             _ => toml_str(&"é".repeat(10_000)),
         }
@@ -740,24 +790,87 @@ fn typed_values_strategy() -> impl Strategy<Value = TypedValues> {
         ),
         prop_oneof![
             prop::sample::select(vec![
-                "open", "Open", "not-open", "reset", "graceful", "any", "ipv4", "ipv6", "both",
-                "adaptive", "fixed", "Fixed", ""
+                "open",
+                "Open",
+                "not-open",
+                "reset",
+                "graceful",
+                "any",
+                "ipv4",
+                "ipv6",
+                "both",
+                "adaptive",
+                "fixed",
+                "Fixed",
+                "auto",
+                "tls",
+                "ssh",
+                "SSH",
+                "postgres",
+                "postgresql",
+                "unknown",
+                "custom",
+                ""
             ])
             .prop_map(str::to_string),
             "\\PC{0,8}",
         ]
         .prop_map(|w| toml_str(&w)),
+        tls_value_strategy(),
+        query_value_strategy(),
     )
         .prop_map(
-            |(ports, duration, retries, host, labels, word)| TypedValues {
+            |(ports, duration, retries, host, labels, word, tls, query)| TypedValues {
                 ports,
                 duration,
                 retries,
                 host,
                 labels,
                 word,
+                tls,
+                query,
             },
         )
+}
+
+/// `tls` tables, mostly with a bad key or value.
+fn tls_value_strategy() -> impl Strategy<Value = String> {
+    prop_oneof![
+        prop::sample::select(vec![
+            "{}",
+            "{ insecure_skip_verify = true }",
+            "{ insecure_skip_verify = \"yes\" }",
+            "{ server_name = \"\" }",
+            "{ server_name = \"a b\" }",
+            "{ server_name = \"[::1]\" }",
+            "{ ca_file = \"\" }",
+            "{ ca_file = \"/nonexistent/ca.pem\" }",
+            "{ ca_file = \"/dev/null\" }",
+            "{ ca_file = \"Cargo.toml\" }",
+            "{ sni = \"x\" }",
+        ])
+        .prop_map(str::to_string),
+        ("\\PC{0,12}", "\\PC{0,12}").prop_map(|(name, file)| format!(
+            "{{ server_name = {}, ca_file = {} }}",
+            toml_str(&name),
+            toml_str(&file)
+        )),
+    ]
+}
+
+/// `query` step lists, mostly with a bad step.
+fn query_value_strategy() -> impl Strategy<Value = String> {
+    let step = prop_oneof![
+        "\\PC{0,10}".prop_map(|text| format!("{{ send = {} }}", toml_str(&text))),
+        "[0-9a-fA-FxZ ]{0,12}".prop_map(|hex| format!("{{ send_hex = {} }}", toml_str(&hex))),
+        "[\\[\\](){}*+?^$.\\\\a-z0-9|]{0,12}"
+            .prop_map(|regex| format!("{{ expect = {} }}", toml_str(&regex))),
+        Just("{}".to_string()),
+        Just("{ send = \"a\", send_hex = \"00\" }".to_string()),
+        Just("{ expect = \"a{99999}{99999}\" }".to_string()),
+        Just("{ reply = \"x\" }".to_string()),
+    ];
+    prop::collection::vec(step, 0..4).prop_map(|steps| format!("[{}]", steps.join(", ")))
 }
 
 fn key_strategy() -> impl Strategy<Value = String> {
@@ -784,6 +897,14 @@ fn key_strategy() -> impl Strategy<Value = String> {
             "timing",
             "min_timeout",
             "max_retries",
+            "service",
+            "tls",
+            "server_name",
+            "ca_file",
+            "insecure_skip_verify",
+            "query",
+            "send",
+            "send_hex",
         ])
         .prop_map(str::to_string),
         "[a-z_]{1,12}",
@@ -818,6 +939,7 @@ fn mutation_strategy() -> impl Strategy<Value = Mutation> {
             prop::sample::select(vec![
                 "[defaults]", "[probe]", "[[targets]]", "[targets]", "[[defaults]]",
                 "[targets.labels]", "[[targets.labels]]", "[x.y.z]", "[]", "[[]]",
+                "[targets.tls]", "[defaults.tls]", "[[targets.query]]", "[[defaults.query]]",
             ])
         )
             .prop_map(|(n, h)| Mutation::Header(n, h.to_string())),
@@ -940,6 +1062,21 @@ proptest! {
                 s.trim_start_matches('[').trim_end_matches(']').parse().unwrap()
             });
             prop_assert_eq!(got.source_address, source, "{}", text);
+            let check = got.service.as_deref();
+            prop_assert_eq!(
+                check.and_then(|c| c.service).map(|s| s.as_str()),
+                want.service.map(|(s, _)| s),
+                "{}",
+                text
+            );
+            if let Some(check) = check {
+                // SNI defaults to the host when it is a name.
+                let literal = got.host.parse::<std::net::IpAddr>().is_ok();
+                let name = (!literal).then(|| got.host.clone());
+                prop_assert_eq!(&check.tls.server_name, &name, "{}", text);
+                let insecure = want.service.is_some_and(|(_, insecure)| insecure);
+                prop_assert_eq!(check.tls.insecure_skip_verify, insecure, "{}", text);
+            }
         }
         prop_assert_eq!(config.probe_allow.is_empty(), model.allow.is_empty());
         prop_assert_eq!(config.source, text);

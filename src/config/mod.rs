@@ -10,7 +10,8 @@
 //! - [`duration`]: Prometheus-style durations;
 //! - [`allow`]: the `/probe` allow list (networks and host name patterns);
 //! - [`host`]: what a host may be;
-//! - [`address`]: which of a host's addresses are probed, and from which source address.
+//! - [`address`]: which of a host's addresses are probed, and from which source address;
+//! - [`service`]: the service check keys (`service`, the `tls` table, `query`).
 
 pub mod address;
 pub mod allow;
@@ -18,14 +19,17 @@ pub mod duration;
 pub mod host;
 pub mod ports;
 mod raw;
+pub mod service;
 
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 pub use address::IpProtocol;
 pub use allow::AllowList;
+pub use service::{ServiceCheck, ServiceDefaults, ServiceExpect};
 
 use crate::domain::{Attempts, Close, Expect, Timing};
 use raw::RawConfig;
@@ -34,7 +38,7 @@ use raw::RawConfig;
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 
 /// The values a target gets for every field it leaves out.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Defaults {
     pub interval: Duration,
     pub timeout: Duration,
@@ -46,6 +50,8 @@ pub struct Defaults {
     pub ip_protocol: IpProtocol,
     /// The local address probes bind to before they connect (for `/probe` too).
     pub source_address: Option<IpAddr>,
+    /// `service`, `query` and the `tls` table; none of them by default: connect only.
+    pub service: ServiceDefaults,
 }
 
 /// The adaptive lower bound of an attempt's timeout, as nmap's `--min-rtt-timeout`: below it a
@@ -71,6 +77,7 @@ impl Default for Defaults {
             close: Close::Reset,
             ip_protocol: IpProtocol::Both,
             source_address: None,
+            service: ServiceDefaults::default(),
         }
     }
 }
@@ -111,6 +118,8 @@ pub struct Target {
     pub ip_protocol: IpProtocol,
     /// The local address probes bind to before they connect; `None`: the kernel's choice.
     pub source_address: Option<IpAddr>,
+    /// What must speak on the open ports, and how to tell; `None`: connect only.
+    pub service: Option<Arc<ServiceCheck>>,
 }
 
 impl Target {
@@ -189,7 +198,7 @@ impl Config {
             path: path.display().to_string(),
             source,
         })?;
-        Config::parse(&text, &path.display().to_string())
+        Config::parse_in(&text, &path.display().to_string(), path.parent())
     }
 
     /// The embedded default configuration.
@@ -213,6 +222,11 @@ impl Config {
     /// );
     /// ```
     pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        Config::parse_in(text, origin, None)
+    }
+
+    /// [`Config::parse`], with relative paths in it (`tls.ca_file`) taken relative to `base`.
+    fn parse_in(text: &str, origin: &str, base: Option<&Path>) -> Result<Config, ConfigError> {
         let locate = |span: Option<Range<usize>>, message: String| {
             let (line, column) = line_column(text, span.map_or(0, |s| s.start));
             ConfigError::Invalid {
@@ -225,7 +239,7 @@ impl Config {
         let raw: RawConfig =
             toml::from_str(text).map_err(|e| locate(e.span(), e.message().trim().to_string()))?;
         let mut config = raw
-            .validate()
+            .validate(base)
             .map_err(|Invalid { span, message }| locate(Some(span), message))?;
         config.source = text.to_string();
         Ok(config)

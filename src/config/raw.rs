@@ -4,6 +4,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
+use std::path::Path;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -14,6 +15,7 @@ use super::allow::validate_allow_list;
 use super::duration::{format_duration, parse_duration};
 use super::host::validate_host;
 use super::ports::{RawPorts, validate_ports};
+use super::service::{RawQuery, RawTls, ServiceKeys};
 use super::{Config, DEFAULT_MAX_RETRIES, DEFAULT_MIN_TIMEOUT, Defaults, Invalid, Target, invalid};
 use crate::domain::{Attempts, Close, Expect, Timing};
 
@@ -57,6 +59,9 @@ struct RawDefaults {
     close: Option<Close>,
     ip_protocol: Option<Spanned<IpProtocol>>,
     source_address: Option<Spanned<String>>,
+    service: Option<Spanned<String>>,
+    tls: Option<RawTls>,
+    query: Option<RawQuery>,
 }
 
 #[derive(Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -84,10 +89,15 @@ struct RawTarget {
     close: Option<Close>,
     ip_protocol: Option<Spanned<IpProtocol>>,
     source_address: Option<Spanned<String>>,
+    service: Option<Spanned<String>>,
+    tls: Option<RawTls>,
+    query: Option<RawQuery>,
 }
 
 impl RawConfig {
-    pub(super) fn validate(self) -> Result<Config, Invalid> {
+    /// Validates every table; a relative `ca_file` is taken relative to `base` (the config
+    /// file's folder), else to the working directory.
+    pub(super) fn validate(self, base: Option<&Path>) -> Result<Config, Invalid> {
         let builtin = Defaults::default();
         let d = &self.defaults;
         let (ip_protocol, source_address) = d.address_selection()?;
@@ -101,6 +111,12 @@ impl RawConfig {
             close: d.close.unwrap_or(builtin.close),
             ip_protocol,
             source_address,
+            service: ServiceKeys {
+                service: &d.service,
+                tls: &d.tls,
+                query: &d.query,
+            }
+            .validate_defaults(base)?,
         };
         let defaults = Defaults {
             timing: validate_timing(
@@ -121,7 +137,7 @@ impl RawConfig {
             let raw = raw.into_inner();
             // The name defaults to the host, so a duplicate is reported where the name came from.
             let name_span = raw.name.as_ref().unwrap_or(&raw.host).span();
-            let target = raw.validate(&defaults, span)?;
+            let target = raw.validate(&defaults, span, base)?;
             if !names.insert(target.name.clone()) {
                 return invalid(
                     name_span,
@@ -144,7 +160,12 @@ impl RawConfig {
 }
 
 impl RawTarget {
-    fn validate(self, defaults: &Defaults, span: Range<usize>) -> Result<Target, Invalid> {
+    fn validate(
+        self,
+        defaults: &Defaults,
+        span: Range<usize>,
+        base: Option<&Path>,
+    ) -> Result<Target, Invalid> {
         let host = validate_host(&self.host)?;
         let (ip_protocol, source_address) = self.address_selection(&host, defaults)?;
         let name = match &self.name {
@@ -172,9 +193,16 @@ impl RawTarget {
             timeout,
             defaults.timing,
         )?;
-        // A round must fit in its interval, or probes of one port would overlap.
+        let service = ServiceKeys {
+            service: &self.service,
+            tls: &self.tls,
+            query: &self.query,
+        }
+        .validate_target(&defaults.service, &host, base)?;
+        // A round must fit in its interval, or probes of one port would overlap. A service
+        // check takes at most one more `timeout` after the connect.
         let close = self.close.unwrap_or(defaults.close);
-        let worst_case = Attempts {
+        let connects = Attempts {
             timeout,
             retries,
             timing,
@@ -182,6 +210,10 @@ impl RawTarget {
             source: None,
         }
         .budget();
+        let (worst_case, formula) = match service {
+            Some(_) => (connects.saturating_add(timeout), "timeout x (retries + 2)"),
+            None => (connects, "timeout x (retries + 1)"),
+        };
         if worst_case > interval {
             // Point at whichever of the three the target itself sets.
             let span = [&self.timeout, &self.interval]
@@ -194,9 +226,14 @@ impl RawTarget {
             return invalid(
                 span,
                 format!(
-                    "target {name:?}: timeout x (retries + 1) = {} must not exceed interval {}",
+                    "target {name:?}: {formula} = {} must not exceed interval {}{}",
                     format_duration(worst_case),
-                    format_duration(interval)
+                    format_duration(interval),
+                    if service.is_some() {
+                        " (a service check takes up to one more timeout)"
+                    } else {
+                        ""
+                    }
                 ),
             );
         }
@@ -214,6 +251,7 @@ impl RawTarget {
             close,
             ip_protocol,
             source_address,
+            service,
         })
     }
 }

@@ -360,6 +360,7 @@ mod tests {
                 reason: Reason::Unknown,
                 connect: None,
                 at: SystemTime::now(),
+                service: None,
             };
             table.record(
                 "127.0.0.1",

@@ -27,15 +27,17 @@ use rayon::prelude::*;
 
 use super::hosts;
 use crate::domain::{State, StateCounts};
-use crate::exposition::text::{Format, Numbers, STATE_SUFFIXES, push_label, push_line};
+use crate::exposition::text::{Format, Numbers, Out, STATE_SUFFIXES, push_label, push_line};
 use crate::families::{self, Family};
+use crate::probe::ServiceFinding;
+use crate::probe::service::TlsFinding;
 use crate::probe::timing::AddressTiming;
 use crate::state::{Row, StateTable, TargetRows};
 use crate::telemetry::unix_seconds;
 
 /// The table's families, in the order they are written: those of `Section`, then the
 /// per-address timing of [`super::hosts::COLUMNS`].
-pub const FAMILIES: [&Family; 15] = [
+pub const FAMILIES: [&Family; 21] = [
     &families::PORT_STATE,
     &families::PORT_STATE_REASON,
     &families::PORT_CONNECT_DURATION,
@@ -45,6 +47,12 @@ pub const FAMILIES: [&Family; 15] = [
     &families::PORT_STATE_LAST_CHANGE,
     &families::PORT_LAST_PROBE,
     &families::PORT_TARGET_PORTS,
+    &families::PORT_SERVICE_INFO,
+    &families::PORT_SERVICE_UNEXPECTED,
+    &families::PORT_SERVICE_REASON,
+    &families::PORT_TLS_CERT_EXPIRY,
+    &families::PORT_TLS_VERSION_INFO,
+    &families::PORT_TLS_CERT_VERIFIED,
     &families::HOST_RTT,
     &families::HOST_RTT_VARIATION,
     &families::HOST_TIMEOUT,
@@ -65,11 +73,17 @@ enum Section {
     LastChange,
     LastProbe,
     TargetPorts,
+    ServiceInfo,
+    ServiceUnexpected,
+    ServiceReason,
+    TlsCertExpiry,
+    TlsVersion,
+    TlsCertVerified,
 }
 
 impl Section {
     /// In the order they are written.
-    const ALL: [Section; 9] = [
+    const ALL: [Section; 15] = [
         Section::State,
         Section::Reason,
         Section::Connect,
@@ -79,6 +93,12 @@ impl Section {
         Section::LastChange,
         Section::LastProbe,
         Section::TargetPorts,
+        Section::ServiceInfo,
+        Section::ServiceUnexpected,
+        Section::ServiceReason,
+        Section::TlsCertExpiry,
+        Section::TlsVersion,
+        Section::TlsCertVerified,
     ];
 
     fn family(self) -> &'static Family {
@@ -165,6 +185,9 @@ struct Snapshot {
     arena: String,
     targets: Vec<TargetSnapshot>,
     rows: Vec<RowSnapshot>,
+    /// Whether any row has a service finding: the service check's sections are skipped
+    /// without a pass over the rows when none has.
+    checked: bool,
 }
 
 /// Writes the table's families as text, on up to `workers` threads (the caller's among
@@ -295,7 +318,9 @@ impl Scratch {
             arena,
             targets,
             rows,
+            checked: any_checked,
         } = &self.snapshot;
+        let checked_rows: &[RowSnapshot] = if *any_checked { rows } else { &[] };
         let out = &mut self.out;
         for (i, section) in Section::ALL.into_iter().enumerate() {
             offsets[i] = out.len();
@@ -313,10 +338,7 @@ impl Scratch {
                 Section::Reason => {
                     for r in rows {
                         let reason = r.row.outcome.reason.as_str();
-                        for part in [name, &arena[r.labels.clone()], ",reason=\"", &reason] {
-                            out.extend_from_slice(part.as_bytes());
-                        }
-                        out.extend_from_slice(b"\"} 1\n");
+                        push_info(out, name, &arena[r.labels.clone()], &[("reason", &reason)]);
                     }
                 }
                 Section::Connect => {
@@ -337,10 +359,7 @@ impl Scratch {
                 }
                 Section::Unexpected => {
                     for r in rows {
-                        if let Some(broken) = r.unexpected {
-                            let value = if broken { "1" } else { "0" };
-                            push_line(out, name, &arena[r.labels.clone()], "} ", value);
-                        }
+                        push_flag(out, name, &arena[r.labels.clone()], r.unexpected);
                     }
                 }
                 Section::Changes => {
@@ -359,6 +378,46 @@ impl Scratch {
                     for r in rows {
                         let value = numbers.float(unix_seconds(r.row.outcome.at));
                         push_line(out, name, &arena[r.labels.clone()], "} ", value);
+                    }
+                }
+                Section::ServiceInfo => {
+                    for (r, found) in checked(checked_rows) {
+                        let labels = [
+                            ("service", found.service.as_str()),
+                            ("tls", found.tls.as_str()),
+                            ("version", found.version.as_deref().unwrap_or("")),
+                        ];
+                        push_info(out, name, &arena[r.labels.clone()], &labels);
+                    }
+                }
+                Section::ServiceUnexpected => {
+                    for (r, found) in checked(checked_rows) {
+                        push_flag(out, name, &arena[r.labels.clone()], found.unexpected);
+                    }
+                }
+                Section::ServiceReason => {
+                    for (r, found) in checked(checked_rows) {
+                        let reason = found.reason.as_str();
+                        push_info(out, name, &arena[r.labels.clone()], &[("reason", &reason)]);
+                    }
+                }
+                Section::TlsCertExpiry => {
+                    for (r, cert) in certs(checked_rows) {
+                        if let Some(expiry) = cert.expiry {
+                            let value = numbers.int(expiry);
+                            push_line(out, name, &arena[r.labels.clone()], "} ", value);
+                        }
+                    }
+                }
+                Section::TlsVersion => {
+                    for (r, cert) in certs(checked_rows) {
+                        let labels = [("version", cert.version)];
+                        push_info(out, name, &arena[r.labels.clone()], &labels);
+                    }
+                }
+                Section::TlsCertVerified => {
+                    for (r, cert) in certs(checked_rows) {
+                        push_flag(out, name, &arena[r.labels.clone()], cert.verified);
                     }
                 }
                 Section::TargetPorts => {
@@ -385,6 +444,35 @@ impl Scratch {
     }
 }
 
+/// Writes `name{labels,label="value",...} 1`: a sample whose labels are the information.
+fn push_info(out: &mut BytesMut, name: &str, labels: &str, values: &[(&str, &str)]) {
+    out.put(name);
+    out.put(labels);
+    for (label, value) in values {
+        out.put(",");
+        push_label(out, label, value);
+    }
+    out.put("} 1\n");
+}
+
+/// Writes `name{labels} 1` or `0` for a flag that is known; nothing for one that is not.
+fn push_flag(out: &mut BytesMut, name: &str, labels: &str, flag: Option<bool>) {
+    if let Some(flag) = flag {
+        push_line(out, name, labels, "} ", if flag { "1" } else { "0" });
+    }
+}
+
+/// The rows whose last probe ran a service check, with its finding.
+fn checked(rows: &[RowSnapshot]) -> impl Iterator<Item = (&RowSnapshot, &ServiceFinding)> {
+    rows.iter()
+        .filter_map(|r| Some((r, r.row.outcome.service.as_deref()?)))
+}
+
+/// The rows whose last check shook hands with TLS, with what it showed.
+fn certs(rows: &[RowSnapshot]) -> impl Iterator<Item = (&RowSnapshot, &TlsFinding)> {
+    checked(rows).filter_map(|(r, found)| Some((r, found.cert.as_ref()?)))
+}
+
 impl Snapshot {
     /// Copies what the text needs out of `share`, under the table's read lock, into the
     /// memory of the last copy.
@@ -393,7 +481,9 @@ impl Snapshot {
             arena,
             targets,
             rows,
+            checked,
         } = self;
+        *checked = false;
         arena.clear();
         targets.clear();
         rows.clear();
@@ -442,9 +532,10 @@ impl Snapshot {
                     }
                 }
                 arena.push('"');
+                *checked |= row.outcome.service.is_some();
                 rows.push(RowSnapshot {
                     labels: start..arena.len(),
-                    row: *row,
+                    row: row.clone(),
                     unexpected: info.expect.is_broken_by(row.outcome.state),
                 });
             }
@@ -482,6 +573,7 @@ mod tests {
             reason: Reason::ConnRefused,
             connect: Some(Duration::from_micros(250)),
             at,
+            service: None,
         };
         let key = RowKey {
             port: 7,
@@ -507,6 +599,101 @@ mod tests {
         // No DNS lookup (an IP literal) and no expectation: those families are absent.
         assert!(!text.contains("port_dns_lookup_duration_seconds"));
         assert!(!text.contains("port_state_unexpected"));
+    }
+
+    #[test]
+    fn a_service_finding_is_written_as_its_families_and_a_row_without_one_writes_none() {
+        use crate::domain::{Service, TlsMode};
+        use crate::probe::service::TlsFinding;
+        use std::sync::Arc;
+
+        let config = Config::parse(
+            "[[targets]]\nname = \"web\"\nhost = \"127.0.0.1\"\nports = [443, 8443, 22]\nlabels = { team = \"a\" }\nservice = \"tls\"",
+            "t",
+        )
+        .unwrap();
+        let table = StateTable::new();
+        table.set_targets(&config.targets);
+        let open = |service: Option<ServiceFinding>| Outcome {
+            state: State::Open,
+            reason: Reason::SynAck,
+            connect: Some(Duration::from_micros(100)),
+            at: SystemTime::UNIX_EPOCH + Duration::from_secs(5),
+            service: service.map(Arc::new),
+        };
+        let https = ServiceFinding {
+            service: Service::Http,
+            version: Some("nginx/1.22.1".into()),
+            tls: TlsMode::Implicit,
+            reason: Reason::Matched,
+            unexpected: Some(false),
+            cert: Some(TlsFinding {
+                version: "TLS 1.3",
+                expiry: Some(1_900_000_000),
+                verified: Some(true),
+            }),
+        };
+        let plain = ServiceFinding {
+            service: Service::Ssh,
+            version: None,
+            tls: TlsMode::None,
+            reason: Reason::NoTls,
+            unexpected: Some(true),
+            cert: None,
+        };
+        let ip = Some("127.0.0.1".parse().unwrap());
+        table.record("web", RowKey { port: 443, ip }, open(Some(https)));
+        table.record("web", RowKey { port: 22, ip }, open(Some(plain)));
+        table.record("web", RowKey { port: 8443, ip }, open(None));
+        let rendered = render_table(&table, &[], 1, Vec::new(), 0);
+        let body = with_headers(&headers(Format::OpenMetrics), rendered.families());
+        let text = String::from_utf8(body.concat()).unwrap();
+        let at = |port: u16| {
+            format!(r#"target="web",host="127.0.0.1",team="a",port="{port}",ip="127.0.0.1""#)
+        };
+        let (https, ssh) = (at(443), at(22));
+        for line in [
+            format!(
+                r#"port_service_info{{{https},service="http",tls="implicit",version="nginx/1.22.1"}} 1"#
+            ),
+            format!(r#"port_service_info{{{ssh},service="ssh",tls="none",version=""}} 1"#),
+            format!("port_service_unexpected{{{https}}} 0"),
+            format!("port_service_unexpected{{{ssh}}} 1"),
+            format!(r#"port_service_reason{{{https},reason="matched"}} 1"#),
+            format!(r#"port_service_reason{{{ssh},reason="no-tls"}} 1"#),
+            format!("port_tls_cert_expiry_timestamp_seconds{{{https}}} 1900000000"),
+            format!(r#"port_tls_version_info{{{https},version="TLS 1.3"}} 1"#),
+            format!("port_tls_cert_verified{{{https}}} 1"),
+            "# TYPE port_service info".to_string(),
+            "# TYPE port_tls_version info".to_string(),
+            "# TYPE port_tls_cert_expiry_timestamp_seconds gauge".to_string(),
+        ] {
+            assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+        }
+        // TLS series only where a handshake succeeded; none at all for the row without a check.
+        assert!(!text.contains(&format!("port_tls_cert_verified{{{ssh}}}")));
+        let unchecked = at(8443);
+        let service_lines = text
+            .lines()
+            .filter(|l| l.starts_with("port_service") || l.starts_with("port_tls"))
+            .filter(|l| l.contains(&unchecked))
+            .count();
+        assert_eq!(service_lines, 0, "{text}");
+        assert!(text.contains(&format!(r#"port_state{{{unchecked},state="open"}} 1"#)));
+    }
+
+    #[test]
+    fn a_row_without_a_check_grows_by_one_pointer_at_most() {
+        // The finding is an `Option<Arc<_>>`: one pointer, with None in its niche.
+        assert_eq!(
+            std::mem::size_of::<Option<std::sync::Arc<ServiceFinding>>>(),
+            std::mem::size_of::<usize>()
+        );
+        assert!(
+            std::mem::size_of::<Row>() <= 80,
+            "{}",
+            std::mem::size_of::<Row>()
+        );
     }
 
     #[test]
@@ -580,6 +767,7 @@ mod tests {
                     },
                     connect: Some(Duration::from_micros(u64::from(port))),
                     at: SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(port)),
+                    service: None,
                 };
                 let key = RowKey {
                     port,

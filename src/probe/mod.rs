@@ -1,23 +1,29 @@
-//! Probing: what one connection attempt found out about a port, and how it is classified.
+//! Probing: what one connection attempt found out about a port, and how it is classified;
+//! on an open port, what speaks there ([`service`]).
 //!
 //! A failed probe is data (a [`State`] and a [`Reason`]), never an `Err`.
 
 mod classify;
+pub mod service;
 mod tcp;
 pub mod timing;
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use classify::classify;
+pub use service::ServiceFinding;
 pub use tcp::TcpProbe;
 pub use timing::Timings;
 
+use crate::config::ServiceCheck;
 use crate::domain::{Attempts, Reason, State};
 
-/// The result of probing one address and port.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// The result of probing one address and port. Cheap to clone: the service finding, the only
+/// part that is not a few words, is shared.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Outcome {
     pub state: State,
     pub reason: Reason,
@@ -25,6 +31,8 @@ pub struct Outcome {
     pub connect: Option<Duration>,
     /// When the probe finished.
     pub at: SystemTime,
+    /// What speaks on the port: only for an open port of a target with a service check.
+    pub service: Option<Arc<ServiceFinding>>,
 }
 
 impl Outcome {
@@ -35,6 +43,7 @@ impl Outcome {
             reason: Reason::Dns,
             connect: None,
             at,
+            service: None,
         }
     }
 }
@@ -45,4 +54,18 @@ pub trait Probe: Send + Sync + 'static {
     /// Probes `addr`, trying again while nothing answers, as `attempts` says (see
     /// [`timing`] for adaptive timing).
     fn probe(&self, addr: SocketAddr, attempts: Attempts) -> impl Future<Output = Outcome> + Send;
+
+    /// [`Probe::probe`], and when the port is open and `check` is given, the service check on
+    /// the connection that found it open ([`Outcome::service`]). `None` costs nothing more
+    /// than `probe`. By default the check is left out: probes that cannot make one (the fakes
+    /// of tests) need only `probe`.
+    fn probe_service(
+        &self,
+        addr: SocketAddr,
+        attempts: Attempts,
+        check: Option<&ServiceCheck>,
+    ) -> impl Future<Output = Outcome> + Send {
+        let _ = check;
+        self.probe(addr, attempts)
+    }
 }

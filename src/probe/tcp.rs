@@ -16,8 +16,10 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use super::classify::{classify, classify_local};
+use super::service;
 use super::timing::{AttemptPlan, Timings};
 use super::{Outcome, Probe};
+use crate::config::ServiceCheck;
 use crate::domain::{Attempts, Close, Reason, State, Timing};
 
 /// Probes with a full TCP connect, like `nmap -sT`; needs no privileges.
@@ -82,10 +84,41 @@ struct Heard {
 
 impl Probe for TcpProbe {
     async fn probe(&self, addr: SocketAddr, settings: Attempts) -> Outcome {
+        self.connect::<false>(addr, settings).await.0
+    }
+
+    async fn probe_service(
+        &self,
+        addr: SocketAddr,
+        settings: Attempts,
+        check: Option<&ServiceCheck>,
+    ) -> Outcome {
+        let Some(check) = check else {
+            return self.probe(addr, settings).await;
+        };
+        let (mut outcome, stream) = self.connect::<true>(addr, settings).await;
+        if let Some(stream) = stream {
+            let finding = service::check(stream, addr, check, &settings).await;
+            outcome.service = Some(Arc::new(finding));
+            outcome.at = SystemTime::now();
+        }
+        outcome
+    }
+}
+
+impl TcpProbe {
+    /// The connect probe. With `KEEP`, an open port's connection is handed back instead of
+    /// closed (for the service check); without, the code is that of the connect alone.
+    async fn connect<const KEEP: bool>(
+        &self,
+        addr: SocketAddr,
+        settings: Attempts,
+    ) -> (Outcome, Option<TcpStream>) {
         let ip = addr.ip();
         let end = Instant::now() + settings.budget();
         // The previous attempt, still listening for a late answer (adaptive timing).
         let mut earlier: Option<Pending> = None;
+        let mut kept = None;
         let mut number = 0;
         loop {
             number += 1;
@@ -94,12 +127,20 @@ impl Probe for TcpProbe {
             }
             let plan = self.timings.plan(ip, &settings, number);
             let started = Instant::now();
-            let heard = match open(addr, settings.close, settings.source) {
+            let heard = match open::<KEEP>(addr, settings.close, settings.source) {
                 Opened::Settled(attempt) => Some(Heard {
                     attempt,
                     started,
                     number,
                 }),
+                Opened::Connected(stream) => {
+                    kept = Some(stream);
+                    Some(Heard {
+                        attempt: Attempt::Answered(Ok(())),
+                        started,
+                        number,
+                    })
+                }
                 Opened::Pending(stream) => {
                     let current = Pending {
                         stream,
@@ -109,7 +150,23 @@ impl Probe for TcpProbe {
                     let heard = self
                         .listen(&current, earlier.as_ref(), plan, &settings, end, addr)
                         .await;
-                    earlier = plan.overlap.then_some(current);
+                    if KEEP
+                        && let Some(Heard {
+                            attempt: Attempt::Answered(Ok(())),
+                            number: answered,
+                            ..
+                        }) = &heard
+                    {
+                        let answered = *answered;
+                        // The attempt that answered keeps its connection: this one, or the
+                        // earlier one still listening.
+                        kept = match earlier.take() {
+                            Some(earlier) if earlier.number == answered => Some(earlier.stream),
+                            _ => Some(current.stream),
+                        };
+                    } else {
+                        earlier = plan.overlap.then_some(current);
+                    }
                     heard
                 }
             };
@@ -120,14 +177,14 @@ impl Probe for TcpProbe {
                         Attempt::Answered(result) => classify(&result),
                         Attempt::RefusedLocally(error) => {
                             let (state, reason) = classify_local(&error);
-                            return finished(state, reason, None);
+                            return (finished(state, reason, None), None);
                         }
                         Attempt::SelfConnected => {
                             if number < self.timings.tries(ip, &settings) {
                                 earlier = None;
                                 continue;
                             }
-                            return finished(State::Closed, Reason::SelfConnect, None);
+                            return (finished(State::Closed, Reason::SelfConnect, None), None);
                         }
                     };
                     (state, reason, Some((heard.number, heard.started.elapsed())))
@@ -138,13 +195,13 @@ impl Probe for TcpProbe {
                 if number < self.timings.tries(ip, &settings) && Instant::now() < end {
                     continue;
                 }
-                return finished(state, reason, None);
+                return (finished(state, reason, None), None);
             }
             let connect = heard_after.filter(|_| state != State::Error);
             if let Some((answered, rtt)) = connect {
                 self.timings.answered(ip, answered, rtt);
             }
-            return finished(state, reason, connect.map(|(_, rtt)| rtt));
+            return (finished(state, reason, connect.map(|(_, rtt)| rtt)), kept);
         }
     }
 }
@@ -209,16 +266,21 @@ fn finished(state: State, reason: Reason, connect: Option<Duration>) -> Outcome 
         reason,
         connect,
         at: SystemTime::now(),
+        service: None,
     }
 }
 
 /// A connect just started: answered already, or pending.
 enum Opened {
     Settled(Attempt),
+    /// Connected at once, and kept (`KEEP`) for a service check.
+    Connected(TcpStream),
     Pending(TcpStream),
 }
 
-fn open(addr: SocketAddr, close: Close, source: Option<IpAddr>) -> Opened {
+/// Starts a connect to `addr`. With `KEEP`, a connect that succeeds at once comes back as
+/// [`Opened::Connected`] with its stream; without, it is closed here.
+fn open<const KEEP: bool>(addr: SocketAddr, close: Close, source: Option<IpAddr>) -> Opened {
     let socket = match Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking(),
@@ -252,7 +314,41 @@ fn open(addr: SocketAddr, close: Close, source: Option<IpAddr>) -> Opened {
             }
         },
     };
+    if KEEP
+        && matches!(settled, Attempt::Answered(Ok(())))
+        && let Ok(stream) = TcpStream::from_std(socket.into())
+    {
+        return Opened::Connected(stream);
+    }
     Opened::Settled(settled)
+}
+
+/// One more connection to `addr` for a service check, set up as the probe's own (source
+/// address, reset on close), by `until`.
+pub(super) async fn connect_once(
+    addr: SocketAddr,
+    settings: &Attempts,
+    until: Instant,
+) -> io::Result<TcpStream> {
+    let stream = match open::<true>(addr, settings.close, settings.source) {
+        Opened::Connected(stream) => return Ok(stream),
+        Opened::Pending(stream) => stream,
+        Opened::Settled(Attempt::Answered(Err(error)) | Attempt::RefusedLocally(error)) => {
+            return Err(error);
+        }
+        Opened::Settled(_) => return Err(io::ErrorKind::ConnectionRefused.into()),
+    };
+    let pending = Pending {
+        stream,
+        started: Instant::now(),
+        number: 1,
+    };
+    match tokio::time::timeout_at(until, pending.answer(addr, settings.close)).await {
+        Ok(Attempt::Answered(Ok(()))) => Ok(pending.stream),
+        Ok(Attempt::Answered(Err(error))) => Err(error),
+        Ok(_) => Err(io::ErrorKind::ConnectionRefused.into()),
+        Err(_) => Err(io::ErrorKind::TimedOut.into()),
+    }
 }
 
 /// Binds the socket to `source` (port 0: the kernel picks the port) before it connects, for a

@@ -300,7 +300,10 @@ async fn run_round<P: Probe>(
             let _slot = slot;
             shared.metrics.in_flight.inc();
             let addr = SocketAddr::new(ip, port);
-            let outcome = shared.probe.probe(addr, target.attempts()).await;
+            let outcome = shared
+                .probe
+                .probe_service(addr, target.attempts(), target.service.as_deref())
+                .await;
             shared.metrics.in_flight.dec();
             shared.metrics.count_probe(outcome.state);
             let key = RowKey { port, ip: Some(ip) };
@@ -378,6 +381,7 @@ mod tests {
                 reason: Reason::Unknown,
                 connect: None,
                 at: SystemTime::now(),
+                service: None,
             }
         }
     }

@@ -397,7 +397,7 @@ impl ProbeReport {
         let mut state_sets: Vec<(String, Outcome)> = self
             .outcomes
             .iter()
-            .map(|(ip, o)| (ip.to_string(), *o))
+            .map(|(ip, o)| (ip.to_string(), o.clone()))
             .collect();
         if state_sets.is_empty() {
             // The name did not resolve: one series set with ip="" in state error, as /metrics.
@@ -542,11 +542,12 @@ mod tests {
             reason: Reason::SynAck,
             connect: Some(Duration::from_micros(250)),
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
+            service: None,
         };
         let report = ProbeReport {
             request: parse(&[("target", "localhost:22")]).unwrap(),
             dns_lookup: Some(Duration::from_millis(3)),
-            outcomes: vec![(ip, outcome)],
+            outcomes: vec![(ip, outcome.clone())],
             took: Duration::from_millis(5),
             trace: String::new(),
         };
@@ -660,6 +661,7 @@ mod tests {
                 reason: Reason::NoResponse,
                 connect: None,
                 at: SystemTime::now(),
+                service: None,
             }
         }
     }

@@ -406,6 +406,7 @@ mod tests {
                 reason,
                 connect,
                 at: SystemTime::now(),
+                service: None,
             }
         }
     }

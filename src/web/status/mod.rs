@@ -120,6 +120,7 @@ mod tests {
             reason,
             connect: (state == State::Open).then_some(Duration::from_micros(250)),
             at: at(NOW - 5),
+            service: None,
         };
         table.record(target, RowKey { port, ip }, outcome);
     }

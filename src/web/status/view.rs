@@ -142,7 +142,7 @@ impl TargetView {
                 view.rows.push(RowView {
                     port: key.port,
                     ip: key.ip,
-                    outcome: row.outcome,
+                    outcome: row.outcome.clone(),
                     changes: row.changes,
                     last_change: row.last_change,
                     broken,
@@ -183,6 +183,7 @@ mod tests {
             reason: Reason::Unknown,
             connect: None,
             at: SystemTime::UNIX_EPOCH,
+            service: None,
         }
     }
 
