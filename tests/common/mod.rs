@@ -4,6 +4,7 @@
 
 pub mod dashboard;
 pub mod netns;
+pub mod servers;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
