@@ -5,6 +5,7 @@
 pub mod dashboard;
 pub mod delayer;
 pub mod netns;
+pub mod servers;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};

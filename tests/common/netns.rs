@@ -67,6 +67,11 @@ impl Netns {
         ns
     }
 
+    /// The namespace's name (`ip netns exec NAME ...`).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
     fn etc(&self) -> PathBuf {
         Path::new("/etc/netns").join(&self.name)
     }
