@@ -39,7 +39,7 @@ fn exporter_config(lab: &Servers) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     let mut config = format!(
-        "[defaults]\ninterval = \"5s\"\n\n\
+        "[defaults]\ninterval = \"10s\"\n\n\
          [[targets]]\nname = \"auto\"\nhost = \"127.0.0.1\"\nports = [{ports}]\n\
          service = \"auto\"\n{tls}"
     );
