@@ -98,7 +98,7 @@ impl Probe for TcpProbe {
         };
         let (mut outcome, stream) = self.connect::<true>(addr, settings).await;
         if let Some(stream) = stream {
-            let finding = service::check(stream, addr, check, &settings).await;
+            let finding = service::check(stream, addr, check, &settings, &Reconnect).await;
             outcome.service = Some(Arc::new(finding));
             outcome.at = SystemTime::now();
         }
@@ -323,9 +323,23 @@ fn open<const KEEP: bool>(addr: SocketAddr, close: Close, source: Option<IpAddr>
     Opened::Settled(settled)
 }
 
+/// The further connections of a service check: [`connect_once`].
+struct Reconnect;
+
+impl service::Connector for Reconnect {
+    async fn connect(
+        &self,
+        addr: SocketAddr,
+        attempts: &Attempts,
+        until: Instant,
+    ) -> io::Result<TcpStream> {
+        connect_once(addr, attempts, until).await
+    }
+}
+
 /// One more connection to `addr` for a service check, set up as the probe's own (source
 /// address, reset on close), by `until`.
-pub(super) async fn connect_once(
+async fn connect_once(
     addr: SocketAddr,
     settings: &Attempts,
     until: Instant,

@@ -31,6 +31,7 @@ pub mod rules;
 mod starttls;
 mod tls;
 
+use std::future::Future;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -76,15 +77,29 @@ pub struct TlsFinding {
     pub verified: Option<bool>,
 }
 
+/// Opens the further connections a check needs, set up as the probe's own (source address,
+/// close): the connect probe lends its own, so that this module needs nothing of it.
+pub trait Connector: Sync {
+    /// A connection to `addr`, connected by `until`.
+    fn connect(
+        &self,
+        addr: SocketAddr,
+        attempts: &Attempts,
+        until: Instant,
+    ) -> impl Future<Output = std::io::Result<TcpStream>> + Send;
+}
+
 /// Checks what speaks on `stream`, the connect probe's connection to `addr`, as `check`
-/// says, within `attempts.timeout`.
+/// says, within `attempts.timeout`; further connections come from `connector`.
 pub async fn check(
     stream: TcpStream,
     addr: SocketAddr,
     check: &ServiceCheck,
     attempts: &Attempts,
+    connector: &impl Connector,
 ) -> ServiceFinding {
     let mut session = Session {
+        connector,
         addr,
         check,
         attempts,
@@ -100,7 +115,8 @@ pub async fn check(
 }
 
 /// One check's budget and what it has seen so far.
-struct Session<'a> {
+struct Session<'a, C> {
+    connector: &'a C,
     addr: SocketAddr,
     check: &'a ServiceCheck,
     attempts: &'a Attempts,
@@ -110,7 +126,7 @@ struct Session<'a> {
     heard: bool,
 }
 
-impl Session<'_> {
+impl<C: Connector> Session<'_, C> {
     /// When an exchange started now ends: after a `share`th of the budget, or at its end.
     fn until(&self, share: u32) -> Instant {
         (Instant::now() + self.attempts.timeout / share).min(self.end)
@@ -126,7 +142,8 @@ impl Session<'_> {
             return None;
         }
         self.connections += 1;
-        super::tcp::connect_once(self.addr, self.attempts, self.end)
+        self.connector
+            .connect(self.addr, self.attempts, self.end)
             .await
             .ok()
     }
