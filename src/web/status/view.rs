@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use super::filter::Filter;
 use super::{MAX_ROWS_PER_PAGE, MAX_ROWS_PER_TARGET};
-use crate::domain::StateCounts;
+use crate::domain::{StateCounts, TlsMode};
 use crate::probe::Outcome;
 use crate::state::{TargetInfo, TargetRows};
 
@@ -164,6 +164,76 @@ impl RowView {
     /// Whether the state breaks the target's expectation.
     pub fn unexpected(&self) -> bool {
         self.broken == Some(true)
+    }
+
+    /// The service column: what the last probe's service check found, as of `now`; `None`
+    /// when it ran none (a port not open, a target without `service` or `query`).
+    pub fn service(&self, now: &SystemTime) -> Option<ServiceCell<'_>> {
+        let found = self.outcome.service.as_deref()?;
+        let cert = found.cert.as_ref().and_then(|cert| {
+            let expiry = cert.expiry?;
+            let at = if expiry >= 0 {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(expiry.unsigned_abs())
+            } else {
+                SystemTime::UNIX_EPOCH - Duration::from_secs(expiry.unsigned_abs())
+            };
+            let now_secs = match now.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+            };
+            let left = expiry.saturating_sub(now_secs);
+            Some(CertCell {
+                expiry: at,
+                expired: left < 0,
+                days: left.unsigned_abs() / 86_400,
+                unverified: cert.verified == Some(false),
+            })
+        });
+        Some(ServiceCell {
+            name: found.service.as_str(),
+            tls: (found.tls != TlsMode::None).then(|| found.tls.as_str()),
+            version: found.version.as_deref(),
+            cert,
+        })
+    }
+}
+
+/// A row's service column.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServiceCell<'a> {
+    /// nmap's name (`unknown` when nothing matched).
+    pub name: &'static str,
+    /// `implicit` or `starttls`; `None` without TLS.
+    pub tls: Option<&'static str>,
+    /// What the server announces, where short: server input, escaped as every value.
+    pub version: Option<&'a str>,
+    /// The certificate's expiry, when a handshake showed one.
+    pub cert: Option<CertCell>,
+}
+
+/// The certificate part of a row's service column.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CertCell {
+    /// The earliest notAfter of the chain.
+    pub expiry: SystemTime,
+    /// Whether `expiry` is past.
+    pub expired: bool,
+    /// Whole days left until `expiry` (since, when expired).
+    pub days: u64,
+    /// The chain did not verify (`port_tls_cert_verified` 0); false under
+    /// `insecure_skip_verify`.
+    pub unverified: bool,
+}
+
+impl CertCell {
+    /// The classes of its element: `cert`, and `expired`, `unverified` as they apply.
+    pub fn classes(&self) -> &'static str {
+        match (self.expired, self.unverified) {
+            (false, false) => "cert",
+            (true, false) => "cert expired",
+            (false, true) => "cert unverified",
+            (true, true) => "cert expired unverified",
+        }
     }
 }
 
