@@ -63,6 +63,10 @@ pub const FAMILIES: [&Family; 21] = [
     &families::HOST_RETRANSMISSIONS,
 ];
 
+/// The service check's families, within [`FAMILIES`]: the order `/metrics` and `/probe` write
+/// them in.
+pub const SERVICE_FAMILIES: &[&Family] = FAMILIES.split_at(9).1.split_at(6).0;
+
 /// The sections of the table's text, one family each.
 #[derive(Clone, Copy)]
 enum Section {
@@ -553,9 +557,17 @@ mod tests {
     }
 
     #[test]
+    fn the_service_families_are_the_six_of_the_check() {
+        let names: Vec<&str> = SERVICE_FAMILIES.iter().map(|f| f.name).collect();
+        let first = families::PORT_SERVICE_INFO.name;
+        assert_eq!(names.len(), 6);
+        assert_eq!(names[0], first);
+        assert_eq!(names[5], families::PORT_TLS_CERT_VERIFIED.name);
+    }
+
+    #[test]
     fn a_service_finding_is_written_as_its_families_and_a_row_without_one_writes_none() {
         use crate::domain::{Service, TlsMode};
-        use crate::probe::service::TlsFinding;
         use std::sync::Arc;
 
         let config = Config::parse(
@@ -572,18 +584,7 @@ mod tests {
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(5),
             service: service.map(Arc::new),
         };
-        let https = ServiceFinding {
-            service: Service::Http,
-            version: Some("nginx/1.22.1".into()),
-            tls: TlsMode::Implicit,
-            reason: Reason::Matched,
-            unexpected: Some(false),
-            cert: Some(TlsFinding {
-                version: "TLS 1.3",
-                expiry: Some(1_900_000_000),
-                verified: Some(true),
-            }),
-        };
+        let https = ServiceFinding::https_example();
         let plain = ServiceFinding {
             service: Service::Ssh,
             version: None,

@@ -266,17 +266,7 @@ pub fn push_flag(out: &mut impl Out, name: &str, labels: &str, flag: Option<bool
     }
 }
 
-/// The service check's families, in the order `/metrics` and `/probe` write them.
-pub const SERVICE_FAMILIES: [&Family; 6] = [
-    &families::PORT_SERVICE_INFO,
-    &families::PORT_SERVICE_UNEXPECTED,
-    &families::PORT_SERVICE_REASON,
-    &families::PORT_TLS_CERT_EXPIRY,
-    &families::PORT_TLS_VERSION_INFO,
-    &families::PORT_TLS_CERT_VERIFIED,
-];
-
-/// Writes the sample of `family` (one of [`SERVICE_FAMILIES`]) for one port's service
+/// Writes the sample of `family` (one of [`super::table::SERVICE_FAMILIES`]) for one port's service
 /// finding, `labels` from `{` on without the closing brace; nothing where the finding has
 /// none (no expectation, no handshake, no expiry, `insecure_skip_verify`).
 pub fn push_service_sample(

@@ -38,8 +38,9 @@ use crate::config::service::{RequestedCheck, parse_server_name};
 use crate::config::{Config, ServiceExpect};
 use crate::domain::Expect;
 use crate::domain::{Attempts, State};
+use crate::exposition::table::SERVICE_FAMILIES;
 use crate::exposition::text::{
-    Format, Numbers, SERVICE_FAMILIES, STATE_SUFFIXES, push_label, push_line, push_service_sample,
+    Format, Numbers, STATE_SUFFIXES, push_label, push_line, push_service_sample,
 };
 use crate::families::{
     PORT_CONNECT_DURATION, PORT_STATE, PORT_STATE_REASON, PROBE_DNS_LOOKUP_TIME, PROBE_DURATION,
@@ -722,22 +723,10 @@ mod tests {
         use crate::state::{RowKey, StateTable};
         use std::time::SystemTime;
 
-        use crate::domain::{Service, TlsMode};
-        use crate::probe::service::{ServiceFinding, TlsFinding};
+        use crate::probe::service::ServiceFinding;
 
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
-        let found = ServiceFinding {
-            service: Service::Http,
-            version: Some("tiny/1.0".into()),
-            tls: TlsMode::Implicit,
-            reason: Reason::Matched,
-            unexpected: Some(false),
-            cert: Some(TlsFinding {
-                version: "TLS 1.3",
-                expiry: Some(1_900_000_000),
-                verified: Some(false),
-            }),
-        };
+        let found = ServiceFinding::https_example();
         let outcome = Outcome {
             state: State::Open,
             reason: Reason::SynAck,
@@ -776,7 +765,7 @@ mod tests {
                 .collect()
         };
         let shared = [&PORT_STATE, &PORT_STATE_REASON, &PORT_CONNECT_DURATION];
-        for family in shared.into_iter().chain(SERVICE_FAMILIES) {
+        for family in shared.into_iter().chain(SERVICE_FAMILIES.iter().copied()) {
             let lines = header_of(&probe, family.name);
             assert_eq!(lines.len(), 2, "{}:\n{probe}", family.name);
             assert_eq!(lines, header_of(&metrics, family.name));
@@ -784,7 +773,7 @@ mod tests {
         // Every sample carries its family's labels; the numbers are written alike.
         let families: Vec<&crate::families::Family> = shared
             .into_iter()
-            .chain(SERVICE_FAMILIES)
+            .chain(SERVICE_FAMILIES.iter().copied())
             .chain([&PROBE_DNS_LOOKUP_TIME, &PROBE_DURATION, &PROBE_SUCCESS])
             .collect();
         let mut seen = Vec::new();
@@ -805,9 +794,7 @@ mod tests {
         let expiry = "port_tls_cert_expiry_timestamp_seconds{host=\"localhost\",port=\"22\",ip=\"127.0.0.1\"} 1900000000\n";
         assert!(probe.contains(expiry), "{probe}");
         assert!(
-            metrics.contains(&format!(
-                ",host=\"localhost\",port=\"22\",ip=\"127.0.0.1\"}} 1900000000\n"
-            )),
+            metrics.contains(",host=\"localhost\",port=\"22\",ip=\"127.0.0.1\"} 1900000000\n"),
             "{metrics}"
         );
         let connect = "port=\"22\",ip=\"127.0.0.1\"} 0.00025\n";
