@@ -197,6 +197,11 @@ impl ProbeRequest {
             Some("true") => true,
             Some(other) => return bad(format!("debug {other:?}: expected true or false")),
         };
+        for name in ["service", "tls_server_name", "tls_insecure_skip_verify"] {
+            if params.iter().filter(|(k, _)| k == name).count() > 1 {
+                return bad(format!("{name}= given more than once"));
+            }
+        }
         for file in ["ca_file", "tls_ca_file"] {
             if param(file).is_some() {
                 return bad(format!(
@@ -685,6 +690,8 @@ mod tests {
         let skip = refused(&[t, ("service", "tls"), ("tls_insecure_skip_verify", "1")]);
         assert!(skip.contains("expected true or false"), "{skip}");
         assert!(refused(&[t, ("tls_server_name", "x")]).contains("need service="));
+        let twice = refused(&[t, ("service", "ssh"), ("service", "http")]);
+        assert_eq!(twice, "service= given more than once");
         for file in ["ca_file", "tls_ca_file"] {
             let message = refused(&[t, ("service", "tls"), (file, "/etc/passwd")]);
             assert!(message.contains("cannot name a file"), "{message}");

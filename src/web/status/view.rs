@@ -258,6 +258,66 @@ mod tests {
     }
 
     #[test]
+    fn the_service_cell_counts_whole_days_and_marks_only_what_is_known_to_be_bad() {
+        use crate::probe::service::ServiceFinding;
+        // https_example: HTTP over TLS, its chain verified, valid until 1,900,000,000.
+        let expiry = 1_900_000_000;
+        let row = |found: Option<ServiceFinding>| RowView {
+            port: 443,
+            ip: V4,
+            outcome: Outcome {
+                service: found.map(Arc::new),
+                ..outcome(State::Open)
+            },
+            changes: 0,
+            last_change: SystemTime::UNIX_EPOCH,
+            broken: None,
+        };
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(row(None).service(&at(expiry)), None);
+        let https = row(Some(ServiceFinding::https_example()));
+        let cert = |now| https.service(&at(now)).unwrap().cert.unwrap();
+        let cell = https.service(&at(0)).unwrap();
+        assert_eq!(
+            (cell.name, cell.tls, cell.version),
+            ("http", Some("implicit"), Some("nginx/1.22.1"))
+        );
+        // Days left round down; the moment itself is not past yet.
+        assert_eq!(
+            (cert(expiry - 86_401).days, cert(expiry - 86_401).expired),
+            (1, false)
+        );
+        assert_eq!((cert(expiry - 1).days, cert(expiry).expired), (0, false));
+        assert_eq!((cert(expiry + 1).days, cert(expiry + 1).expired), (0, true));
+        assert_eq!(cert(expiry + 2 * 86_400).days, 2);
+        assert_eq!(cert(expiry).expiry, at(expiry));
+        assert_eq!(cert(expiry).classes(), "cert");
+        assert_eq!(cert(expiry + 1).classes(), "cert expired");
+        // Unverified only when verification ran and failed: not under insecure_skip_verify.
+        let mut found = ServiceFinding::https_example();
+        let tls = found.cert.as_mut().unwrap();
+        tls.verified = None;
+        assert!(
+            !row(Some(found.clone()))
+                .service(&at(0))
+                .unwrap()
+                .cert
+                .unwrap()
+                .unverified
+        );
+        found.cert.as_mut().unwrap().verified = Some(false);
+        let unverified = row(Some(found.clone()));
+        let cell = unverified.service(&at(0)).unwrap();
+        assert_eq!(cell.cert.unwrap().classes(), "cert unverified");
+        // No TLS, no chip; a handshake without an expiry, no certificate part.
+        found.tls = crate::domain::TlsMode::None;
+        found.cert.as_mut().unwrap().expiry = None;
+        let plain = row(Some(found));
+        let cell = plain.service(&at(0)).unwrap();
+        assert_eq!((cell.tls, cell.cert), (None, None));
+    }
+
+    #[test]
     fn the_copy_counts_every_row_and_keeps_the_listed_ones_it_may_show() {
         let table = StateTable::new();
         let config = "[[targets]]\nname = \"a\"\nhost = \"127.0.0.1\"\nports = [\"1-1500\"]\n\
