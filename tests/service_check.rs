@@ -668,3 +668,122 @@ fn the_findings_are_on_metrics() {
     assert!(leaf.not_after as f64 > now);
     exporter.stop();
 }
+
+/// `/probe?service=`: the service check on demand, its families in the answer with the HELP
+/// of `/metrics`, `probe_success` 0 when the service breaks the name asked for, and a word
+/// the config would refuse is a 400.
+#[test]
+fn probe_checks_the_service_the_request_asks_for() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let leaf = self_signed();
+    let (ssh, tls) = runtime.block_on(async {
+        let ssh = serve(|mut stream: TcpStream| async move {
+            let _ = stream.write_all(b"SSH-2.0-test\r\n").await;
+            let mut buf = [0u8; 256];
+            while matches!(stream.read(&mut buf).await, Ok(n) if n > 0) {}
+        })
+        .await;
+        (ssh, https_server(&leaf).await)
+    });
+    let exporter = common::start_exporter(
+        "[defaults]\ntimeout = \"1s\"\n[probe]\nallow = [\"127.0.0.0/8\"]\n",
+    );
+    common::wait_ready(exporter.addr, Duration::from_secs(10));
+    let probe = |addr: SocketAddr, query: &str| {
+        let path = format!("/probe?target=127.0.0.1:{}&{query}", addr.port());
+        let response = common::get(exporter.addr, &path);
+        (response.status, response.text())
+    };
+    let series = |addr: SocketAddr| addr.port().to_string();
+    let (ssh_port, tls_port) = (series(ssh), series(tls));
+    fn at(port: &str) -> Vec<(&str, &str)> {
+        vec![("host", "127.0.0.1"), ("port", port), ("ip", "127.0.0.1")]
+    }
+    let success = |body: &str| common::value(&common::parse_samples(body), "probe_success", &[]);
+
+    // What was asked for.
+    let (status, body) = probe(ssh, "service=ssh");
+    assert_eq!(status, 200, "{body}");
+    let samples = common::parse_samples(&body);
+    let mut info = at(&ssh_port);
+    info.extend([("service", "ssh"), ("tls", "none")]);
+    assert_eq!(
+        common::value(&samples, "port_service_info", &info),
+        1.0,
+        "{body}"
+    );
+    let unexpected = |samples: &[common::Sample], port: &str| {
+        common::value(samples, "port_service_unexpected", &at(port))
+    };
+    assert_eq!(unexpected(&samples, &ssh_port), 0.0);
+    assert_eq!(success(&body), 1.0, "{body}");
+    assert!(
+        body.contains("# HELP port_service_info 1 for the service found"),
+        "{body}"
+    );
+    assert!(
+        body.contains("# TYPE port_service_unexpected gauge\n"),
+        "{body}"
+    );
+
+    // Something else than what was asked for: the port is open, the probe fails.
+    let (status, body) = probe(ssh, "service=http");
+    assert_eq!(status, 200, "{body}");
+    let samples = common::parse_samples(&body);
+    assert_eq!(unexpected(&samples, &ssh_port), 1.0, "{body}");
+    assert_eq!(common::state_of(&samples, &at(&ssh_port)), "open");
+    assert_eq!(success(&body), 0.0, "{body}");
+
+    // TLS: the expiry whatever the chain, which does not verify against the system roots.
+    let (status, body) = probe(tls, "service=tls&tls_server_name=localhost");
+    assert_eq!(status, 200, "{body}");
+    let samples = common::parse_samples(&body);
+    let expiry = "port_tls_cert_expiry_timestamp_seconds";
+    let at_tls = at(&tls_port);
+    assert_eq!(
+        common::value(&samples, expiry, &at_tls),
+        leaf.not_after as f64,
+        "{body}"
+    );
+    assert_eq!(
+        common::value(&samples, "port_tls_cert_verified", &at_tls),
+        0.0
+    );
+    assert_eq!(unexpected(&samples, &tls_port), 0.0);
+    assert_eq!(success(&body), 1.0, "{body}");
+    let (_, body) = probe(tls, "service=auto&tls_insecure_skip_verify=true");
+    let samples = common::parse_samples(&body);
+    assert_eq!(
+        common::value(&samples, expiry, &at_tls),
+        leaf.not_after as f64,
+        "{body}"
+    );
+    assert!(common::find(&samples, "port_tls_cert_verified", &at_tls).is_empty());
+    assert!(common::find(&samples, "port_service_unexpected", &at_tls).is_empty());
+
+    // Without service=: connect only, as before.
+    let (_, body) = probe(ssh, "expect=open");
+    assert!(
+        !body.contains("port_service") && !body.contains("port_tls"),
+        "{body}"
+    );
+
+    // Words the config would refuse, and a file, are refused before anything is connected.
+    for query in [
+        "service=sshd",
+        "service=",
+        "service=tls&tls_server_name=not%20a%20name",
+        "service=tls&tls_insecure_skip_verify=yes",
+        "tls_server_name=localhost",
+        "service=tls&tls_ca_file=/etc/passwd",
+    ] {
+        let (status, body) = probe(tls, query);
+        assert_eq!(status, 400, "{query}: {body}");
+    }
+    let (_, body) = probe(ssh, "service=sshd");
+    assert!(
+        body.contains("invalid service \"sshd\": expected \"auto\", \"tls\" or a service name"),
+        "{body}"
+    );
+    exporter.stop();
+}

@@ -379,8 +379,25 @@ fn the_inline_style_and_script_run_under_the_content_security_policy_and_framing
         skip("chromium not installed");
         return;
     }
+    // An SSH server, so that the page has a service cell (and its classes) too.
+    let ssh = TcpListener::bind("127.0.0.1:0").unwrap();
+    let ssh_port = ssh.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        use std::io::{Read, Write};
+        for stream in ssh.incoming().take(64) {
+            let Ok(mut stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+                let _ = stream.write_all(b"SSH-2.0-test_1.0\r\n");
+                let mut buf = [0u8; 256];
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
     let exporter = start_exporter(&format!(
-        "[[targets]]\nname = \"web\"\nhost = \"127.0.0.1\"\nports = [{}]\n",
+        "[[targets]]\nname = \"web\"\nhost = \"127.0.0.1\"\nports = [{}]\n\
+         [[targets]]\nname = \"ssh\"\nhost = \"127.0.0.1\"\nports = [{ssh_port}]\n\
+         service = \"ssh\"\ntimeout = \"1s\"\n",
         closed_port()
     ));
     wait_ready(exporter.addr, Duration::from_secs(20));
@@ -397,6 +414,13 @@ fn the_inline_style_and_script_run_under_the_content_security_policy_and_framing
     assert!(
         dom.contains("id=\"countdown\" data-seconds=\"15\">(next in 15 s)</span>"),
         "the inline script did not run: {dom}"
+    );
+    // The service cell is there, under the same policy.
+    let ssh_row = row(&dom, "ssh", ssh_port).expect("the ssh row");
+    assert!(
+        ssh_row.contains("<span class=\"svc\">ssh</span>")
+            && ssh_row.contains("<span class=\"mono svc-version\">test_1.0</span>"),
+        "{ssh_row}"
     );
     // Nothing was blocked: Chromium logs every CSP violation (below, it logs one).
     assert!(

@@ -61,6 +61,15 @@ pub struct TlsSettings {
     pub insecure_skip_verify: bool,
 }
 
+impl TlsSettings {
+    /// Without a server name of its own, a DNS name `host` is the server name.
+    fn name_host(&mut self, host: &str) {
+        if self.server_name.is_none() && host.parse::<std::net::IpAddr>().is_err() {
+            self.server_name = Some(host.to_string());
+        }
+    }
+}
+
 impl Default for TlsSettings {
     fn default() -> Self {
         TlsSettings {
@@ -138,6 +147,39 @@ pub struct ServiceCheck {
     pub tls: TlsSettings,
 }
 
+/// The service check a `/probe` request asks for: `service=` and the TLS options, already
+/// read by the same rules as the config's keys ([`ServiceExpect::parse`],
+/// [`parse_server_name`]). A request never names a file: the roots are `[defaults]`'.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RequestedCheck {
+    pub service: ServiceExpect,
+    pub server_name: Option<String>,
+    pub insecure_skip_verify: Option<bool>,
+}
+
+impl ServiceDefaults {
+    /// The check of a `/probe` of `host`: the request's keys over `[defaults]`' `tls` table,
+    /// as a target's are. `[defaults]`' `query` does not apply: the request states the service.
+    pub fn for_request(&self, host: &str, requested: &RequestedCheck) -> ServiceCheck {
+        let mut tls = TlsSettings {
+            server_name: requested
+                .server_name
+                .clone()
+                .or_else(|| self.tls.server_name.clone()),
+            roots: self.tls.roots.clone(),
+            insecure_skip_verify: requested
+                .insecure_skip_verify
+                .unwrap_or(self.tls.insecure_skip_verify),
+        };
+        tls.name_host(host);
+        ServiceCheck {
+            service: Some(requested.service),
+            query: None,
+            tls,
+        }
+    }
+}
+
 /// What `[defaults]` sets for the service check, key by key.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceDefaults {
@@ -198,9 +240,7 @@ impl ServiceKeys<'_> {
         if service.is_none() && query.is_none() {
             return Ok(None);
         }
-        if tls.server_name.is_none() && host.parse::<std::net::IpAddr>().is_err() {
-            tls.server_name = Some(host.to_string());
-        }
+        tls.name_host(host);
         Ok(Some(Arc::new(ServiceCheck {
             service,
             query,
@@ -249,34 +289,43 @@ impl ServiceKeys<'_> {
 }
 
 fn validate_service(word: &Spanned<String>) -> Result<ServiceExpect, Invalid> {
-    match word.get_ref().as_str() {
-        "auto" => Ok(ServiceExpect::Auto),
-        "tls" => Ok(ServiceExpect::Tls),
-        name => match name.parse::<Service>() {
-            Ok(service) => Ok(ServiceExpect::Named(service)),
-            Err(()) => {
-                let names: Vec<&str> = Service::NAMED.iter().map(|s| s.as_str()).collect();
-                invalid(
-                    word.span(),
-                    format!(
+    ServiceExpect::parse(word.get_ref()).or_else(|why| invalid(word.span(), why))
+}
+
+impl ServiceExpect {
+    /// Reads a `service` word: `auto`, `tls` or a service name; the error says what is valid.
+    /// The config's `service` key and `/probe`'s `service=` alike.
+    pub fn parse(word: &str) -> Result<ServiceExpect, String> {
+        match word {
+            "auto" => Ok(ServiceExpect::Auto),
+            "tls" => Ok(ServiceExpect::Tls),
+            name => match name.parse::<Service>() {
+                Ok(service) => Ok(ServiceExpect::Named(service)),
+                Err(()) => {
+                    let names: Vec<&str> = Service::NAMED.iter().map(|s| s.as_str()).collect();
+                    Err(format!(
                         "invalid service {name:?}: expected \"auto\", \"tls\" or a service name: {}",
                         names.join(", ")
-                    ),
-                )
-            }
-        },
+                    ))
+                }
+            },
+        }
     }
 }
 
 fn validate_server_name(name: &Spanned<String>) -> Result<String, Invalid> {
-    let text = name.get_ref();
+    parse_server_name(name.get_ref(), "tls.server_name").or_else(|why| invalid(name.span(), why))
+}
+
+/// Reads a TLS server name (`key` names it in the error): a DNS name or an IP address (in
+/// brackets or not). The config's `tls.server_name` and `/probe`'s `tls_server_name=` alike.
+pub fn parse_server_name(text: &str, key: &str) -> Result<String, String> {
     let bare = text.trim_start_matches('[').trim_end_matches(']');
     match ServerName::try_from(bare) {
         Ok(_) if !bare.is_empty() => Ok(bare.to_string()),
-        _ => invalid(
-            name.span(),
-            format!("invalid tls.server_name {text:?}: expected a DNS name or an IP address"),
-        ),
+        _ => Err(format!(
+            "invalid {key} {text:?}: expected a DNS name or an IP address"
+        )),
     }
 }
 

@@ -27,10 +27,12 @@ use rayon::prelude::*;
 
 use super::hosts;
 use crate::domain::{State, StateCounts};
-use crate::exposition::text::{Format, Numbers, Out, STATE_SUFFIXES, push_label, push_line};
+use crate::exposition::text::{
+    Format, Numbers, STATE_SUFFIXES, push_flag, push_info, push_label, push_line,
+    push_service_sample,
+};
 use crate::families::{self, Family};
 use crate::probe::ServiceFinding;
-use crate::probe::service::TlsFinding;
 use crate::probe::timing::AddressTiming;
 use crate::state::{Row, StateTable, TargetRows};
 use crate::telemetry::unix_seconds;
@@ -60,6 +62,10 @@ pub const FAMILIES: [&Family; 21] = [
     &families::HOST_RETRIES,
     &families::HOST_RETRANSMISSIONS,
 ];
+
+/// The service check's families, within [`FAMILIES`]: the order `/metrics` and `/probe` write
+/// them in.
+pub const SERVICE_FAMILIES: &[&Family] = FAMILIES.split_at(9).1.split_at(6).0;
 
 /// The sections of the table's text, one family each.
 #[derive(Clone, Copy)]
@@ -380,44 +386,16 @@ impl Scratch {
                         push_line(out, name, &arena[r.labels.clone()], "} ", value);
                     }
                 }
-                Section::ServiceInfo => {
+                Section::ServiceInfo
+                | Section::ServiceUnexpected
+                | Section::ServiceReason
+                | Section::TlsCertExpiry
+                | Section::TlsVersion
+                | Section::TlsCertVerified => {
+                    let family = section.family();
                     for (r, found) in checked(checked_rows) {
-                        let labels = [
-                            ("service", found.service.as_str()),
-                            ("tls", found.tls.as_str()),
-                            ("version", found.version.as_deref().unwrap_or("")),
-                        ];
-                        push_info(out, name, &arena[r.labels.clone()], &labels);
-                    }
-                }
-                Section::ServiceUnexpected => {
-                    for (r, found) in checked(checked_rows) {
-                        push_flag(out, name, &arena[r.labels.clone()], found.unexpected);
-                    }
-                }
-                Section::ServiceReason => {
-                    for (r, found) in checked(checked_rows) {
-                        let reason = found.reason.as_str();
-                        push_info(out, name, &arena[r.labels.clone()], &[("reason", &reason)]);
-                    }
-                }
-                Section::TlsCertExpiry => {
-                    for (r, cert) in certs(checked_rows) {
-                        if let Some(expiry) = cert.expiry {
-                            let value = numbers.int(expiry);
-                            push_line(out, name, &arena[r.labels.clone()], "} ", value);
-                        }
-                    }
-                }
-                Section::TlsVersion => {
-                    for (r, cert) in certs(checked_rows) {
-                        let labels = [("version", cert.version)];
-                        push_info(out, name, &arena[r.labels.clone()], &labels);
-                    }
-                }
-                Section::TlsCertVerified => {
-                    for (r, cert) in certs(checked_rows) {
-                        push_flag(out, name, &arena[r.labels.clone()], cert.verified);
+                        let labels = &arena[r.labels.clone()];
+                        push_service_sample(out, family, labels, found, &mut numbers);
                     }
                 }
                 Section::TargetPorts => {
@@ -444,33 +422,10 @@ impl Scratch {
     }
 }
 
-/// Writes `name{labels,label="value",...} 1`: a sample whose labels are the information.
-fn push_info(out: &mut BytesMut, name: &str, labels: &str, values: &[(&str, &str)]) {
-    out.put(name);
-    out.put(labels);
-    for (label, value) in values {
-        out.put(",");
-        push_label(out, label, value);
-    }
-    out.put("} 1\n");
-}
-
-/// Writes `name{labels} 1` or `0` for a flag that is known; nothing for one that is not.
-fn push_flag(out: &mut BytesMut, name: &str, labels: &str, flag: Option<bool>) {
-    if let Some(flag) = flag {
-        push_line(out, name, labels, "} ", if flag { "1" } else { "0" });
-    }
-}
-
 /// The rows whose last probe ran a service check, with its finding.
 fn checked(rows: &[RowSnapshot]) -> impl Iterator<Item = (&RowSnapshot, &ServiceFinding)> {
     rows.iter()
         .filter_map(|r| Some((r, r.row.outcome.service.as_deref()?)))
-}
-
-/// The rows whose last check shook hands with TLS, with what it showed.
-fn certs(rows: &[RowSnapshot]) -> impl Iterator<Item = (&RowSnapshot, &TlsFinding)> {
-    checked(rows).filter_map(|(r, found)| Some((r, found.cert.as_ref()?)))
 }
 
 impl Snapshot {
@@ -602,9 +557,17 @@ mod tests {
     }
 
     #[test]
+    fn the_service_families_are_the_six_of_the_check() {
+        let names: Vec<&str> = SERVICE_FAMILIES.iter().map(|f| f.name).collect();
+        let first = families::PORT_SERVICE_INFO.name;
+        assert_eq!(names.len(), 6);
+        assert_eq!(names[0], first);
+        assert_eq!(names[5], families::PORT_TLS_CERT_VERIFIED.name);
+    }
+
+    #[test]
     fn a_service_finding_is_written_as_its_families_and_a_row_without_one_writes_none() {
         use crate::domain::{Service, TlsMode};
-        use crate::probe::service::TlsFinding;
         use std::sync::Arc;
 
         let config = Config::parse(
@@ -621,18 +584,7 @@ mod tests {
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(5),
             service: service.map(Arc::new),
         };
-        let https = ServiceFinding {
-            service: Service::Http,
-            version: Some("nginx/1.22.1".into()),
-            tls: TlsMode::Implicit,
-            reason: Reason::Matched,
-            unexpected: Some(false),
-            cert: Some(TlsFinding {
-                version: "TLS 1.3",
-                expiry: Some(1_900_000_000),
-                verified: Some(true),
-            }),
-        };
+        let https = ServiceFinding::https_example();
         let plain = ServiceFinding {
             service: Service::Ssh,
             version: None,

@@ -30,7 +30,8 @@
 use bytes::BytesMut;
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 
-use crate::families::{Family, Kind, OWN_FAMILIES};
+use crate::families::{self, Family, Kind, OWN_FAMILIES};
+use crate::probe::ServiceFinding;
 
 /// The Content-Type of the Prometheus text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -244,6 +245,60 @@ pub fn push_label(out: &mut impl Out, name: &str, value: &str) {
 pub fn push_line(out: &mut impl Out, name: &str, labels: &str, suffix: &str, value: &str) {
     for part in [name, labels, suffix, value, "\n"] {
         out.put(part);
+    }
+}
+
+/// Writes `name{labels,label="value",...} 1`: a sample whose labels are the information.
+pub fn push_info(out: &mut impl Out, name: &str, labels: &str, values: &[(&str, &str)]) {
+    out.put(name);
+    out.put(labels);
+    for (label, value) in values {
+        out.put(",");
+        push_label(out, label, value);
+    }
+    out.put("} 1\n");
+}
+
+/// Writes `name{labels} 1` or `0` for a flag that is known; nothing for one that is not.
+pub fn push_flag(out: &mut impl Out, name: &str, labels: &str, flag: Option<bool>) {
+    if let Some(flag) = flag {
+        push_line(out, name, labels, "} ", if flag { "1" } else { "0" });
+    }
+}
+
+/// Writes the sample of `family` (one of [`super::table::SERVICE_FAMILIES`]) for one port's service
+/// finding, `labels` from `{` on without the closing brace; nothing where the finding has
+/// none (no expectation, no handshake, no expiry, `insecure_skip_verify`).
+pub fn push_service_sample(
+    out: &mut impl Out,
+    family: &Family,
+    labels: &str,
+    found: &ServiceFinding,
+    numbers: &mut Numbers,
+) {
+    let name = family.name;
+    if name == families::PORT_SERVICE_INFO.name {
+        let values = [
+            ("service", found.service.as_str()),
+            ("tls", found.tls.as_str()),
+            ("version", found.version.as_deref().unwrap_or("")),
+        ];
+        push_info(out, name, labels, &values);
+    } else if name == families::PORT_SERVICE_UNEXPECTED.name {
+        push_flag(out, name, labels, found.unexpected);
+    } else if name == families::PORT_SERVICE_REASON.name {
+        let reason = found.reason.as_str();
+        push_info(out, name, labels, &[("reason", &reason)]);
+    } else if let Some(cert) = &found.cert {
+        if name == families::PORT_TLS_CERT_EXPIRY.name {
+            if let Some(expiry) = cert.expiry {
+                push_line(out, name, labels, "} ", numbers.int(expiry));
+            }
+        } else if name == families::PORT_TLS_VERSION_INFO.name {
+            push_info(out, name, labels, &[("version", cert.version)]);
+        } else if name == families::PORT_TLS_CERT_VERIFIED.name {
+            push_flag(out, name, labels, cert.verified);
+        }
     }
 }
 

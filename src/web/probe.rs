@@ -15,6 +15,12 @@
 //! the config, for its lookup, its wait for connect slots and its connects together. What does
 //! not fit is answered 503: at once when the names are taken, at the deadline when no connect
 //! slot came free.
+//!
+//! `service=` (with `tls_server_name=`, `tls_insecure_skip_verify=`) adds the service check
+//! of a target's `service` key, read by the config's rules; `[defaults.tls]` gives the rest
+//! (a request never names a file). It takes up to one more `timeout` and
+//! [`MAX_CONNECTIONS`] connections: the attempts are fitted so that it ends by the deadline,
+//! and such a request takes that many connect slots.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -26,16 +32,21 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::config::Config;
 use crate::config::address::conflict;
 use crate::config::host::valid_host_name;
+use crate::config::service::{RequestedCheck, parse_server_name};
+use crate::config::{Config, ServiceExpect};
 use crate::domain::Expect;
 use crate::domain::{Attempts, State};
-use crate::exposition::text::{Format, Numbers, STATE_SUFFIXES, push_label, push_line};
+use crate::exposition::table::SERVICE_FAMILIES;
+use crate::exposition::text::{
+    Format, Numbers, STATE_SUFFIXES, push_label, push_line, push_service_sample,
+};
 use crate::families::{
     PORT_CONNECT_DURATION, PORT_STATE, PORT_STATE_REASON, PROBE_DNS_LOOKUP_TIME, PROBE_DURATION,
     PROBE_SUCCESS,
 };
+use crate::probe::service::MAX_CONNECTIONS;
 use crate::probe::{Outcome, Probe};
 use crate::schedule::resolve::{Limits, LookupError, Resolver};
 
@@ -101,6 +112,9 @@ pub struct ProbeRequest {
     pub expect: Expect,
     /// `?debug=true`: answer with the probe's trace instead of metrics.
     pub debug: bool,
+    /// `?service=` and the TLS options: a service check on an open port, as a target's
+    /// `service` key and `tls` table ask for; `None`: connect only.
+    pub service: Option<RequestedCheck>,
 }
 
 /// Why a request gets no probe.
@@ -120,7 +134,10 @@ pub enum Refusal {
 
 impl ProbeRequest {
     /// Parses the query string: `target=host:port` (IPv6 in brackets), optional
-    /// `expect=open|closed|filtered|not_open|any` and `debug=true`.
+    /// `expect=open|closed|filtered|not_open|any`, `debug=true`, and `service=` (`auto`,
+    /// `tls` or a service name) with `tls_server_name=` and
+    /// `tls_insecure_skip_verify=true|false`, read by the config's rules. No parameter names a
+    /// file: the roots are `[defaults.tls]`'.
     pub fn parse(params: &[(String, String)]) -> Result<ProbeRequest, Refusal> {
         let bad = |message: String| Err(Refusal::BadRequest(message));
         let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
@@ -180,11 +197,57 @@ impl ProbeRequest {
             Some("true") => true,
             Some(other) => return bad(format!("debug {other:?}: expected true or false")),
         };
+        for name in ["service", "tls_server_name", "tls_insecure_skip_verify"] {
+            if params.iter().filter(|(k, _)| k == name).count() > 1 {
+                return bad(format!("{name}= given more than once"));
+            }
+        }
+        for file in ["ca_file", "tls_ca_file"] {
+            if param(file).is_some() {
+                return bad(format!(
+                    "{file}: a request cannot name a file; [defaults.tls] ca_file applies"
+                ));
+            }
+        }
+        let server_name = match param("tls_server_name") {
+            None => None,
+            Some(name) => match parse_server_name(name, "tls_server_name") {
+                Ok(name) => Some(name),
+                Err(why) => return bad(why),
+            },
+        };
+        let insecure_skip_verify = match param("tls_insecure_skip_verify").map(String::as_str) {
+            None => None,
+            Some("true") => Some(true),
+            Some("false") => Some(false),
+            Some(other) => {
+                return bad(format!(
+                    "tls_insecure_skip_verify {other:?}: expected true or false"
+                ));
+            }
+        };
+        let service = match param("service") {
+            None => {
+                if server_name.is_some() || insecure_skip_verify.is_some() {
+                    return bad("the tls_ options need service=auto, tls or a name".into());
+                }
+                None
+            }
+            Some(word) => match ServiceExpect::parse(word) {
+                Ok(service) => Some(RequestedCheck {
+                    service,
+                    server_name,
+                    insecure_skip_verify,
+                }),
+                Err(why) => return bad(why),
+            },
+        };
         Ok(ProbeRequest {
             host: host.to_string(),
             port,
             expect,
             debug,
+            service,
         })
     }
 
@@ -245,6 +308,24 @@ pub async fn probe<P: Probe + Clone>(
         "probing {target}: budget {budget:?} for the lookup and the connects, {attempts} attempts of at most {:?}",
         configured.timeout
     );
+    // The service check takes up to one more attempt's timeout, on up to MAX_CONNECTIONS
+    // connections: its time is kept inside the deadline, its connections count against the
+    // cap of connects in flight.
+    let check = request
+        .service
+        .as_ref()
+        .map(|asked| Arc::new(config.defaults.service.for_request(&request.host, asked)));
+    let (shares, slots) = match &check {
+        Some(check) => {
+            let service = check.service.map_or("", ServiceExpect::as_str);
+            let _ = writeln!(
+                trace,
+                "then service={service}: up to one more timeout and {MAX_CONNECTIONS} connections"
+            );
+            (attempts + 1, MAX_CONNECTIONS)
+        }
+        None => (attempts, 1),
+    };
 
     let name_allowed = allow.allows_name(&request.host);
     let (addresses, dns_lookup) = match request.host.parse::<IpAddr>() {
@@ -315,20 +396,22 @@ pub async fn probe<P: Probe + Clone>(
         let addr = SocketAddr::new(ip, request.port);
         let prober = prober.clone();
         let connects = on_demand.connects.clone();
+        let check = check.clone();
         probes.spawn(async move {
             let waiting = Instant::now();
-            let slot = tokio::time::timeout_at(slots_until, connects.acquire_owned()).await;
+            let slot = connects.acquire_many_owned(slots);
+            let slot = tokio::time::timeout_at(slots_until, slot).await;
             let Ok(Ok(_slot)) = slot else {
                 return (ip, None);
             };
             let waited = waiting.elapsed();
             let left = deadline.saturating_duration_since(Instant::now());
-            let timeout = configured.timeout.min(left / attempts);
+            let timeout = configured.timeout.min(left / shares);
             let attempts = Attempts {
                 timeout,
                 ..configured
             };
-            let outcome = prober.probe(addr, attempts).await;
+            let outcome = prober.probe_service(addr, attempts, check.as_deref()).await;
             let connected = Connected {
                 outcome,
                 timeout,
@@ -365,6 +448,19 @@ pub async fn probe<P: Probe + Clone>(
         if waited >= Duration::from_millis(1) {
             let _ = write!(trace, ", after {waited:?} waiting for a connect slot");
         }
+        if let Some(found) = &outcome.service {
+            let _ = write!(
+                trace,
+                "; service {} (tls {}, {}",
+                found.service.as_str(),
+                found.tls.as_str(),
+                found.reason.as_str()
+            );
+            if found.unexpected == Some(true) {
+                trace.push_str(", unexpected");
+            }
+            trace.push(')');
+        }
         trace.push('\n');
         outcomes.push((ip, outcome));
     }
@@ -379,16 +475,18 @@ pub async fn probe<P: Probe + Clone>(
 }
 
 impl ProbeReport {
-    /// Whether every address met the expectation (and there was at least one).
+    /// Whether every address met the expectation (and there was at least one), and no
+    /// service check found what breaks `service=<name>` (or `tls`).
     pub fn success(&self) -> bool {
         !self.outcomes.is_empty()
-            && self
-                .outcomes
-                .iter()
-                .all(|(_, o)| self.request.expect.is_met_by(o.state))
+            && self.outcomes.iter().all(|(_, o)| {
+                let unexpected = o.service.as_ref().and_then(|found| found.unexpected);
+                self.request.expect.is_met_by(o.state) && unexpected != Some(true)
+            })
     }
 
-    /// The probe as metrics in the text format: the `port_state` family of this probe,
+    /// The probe as metrics in the text format: the `port_state` family of this probe (and
+    /// the service check's families, when `service=` asked for one),
     /// `probe_success` and `probe_duration_seconds`, as blackbox_exporter answers, with the
     /// HELP, TYPE and number formatting of `/metrics` ([`crate::exposition::text`]). Written
     /// directly: a registry per request would cost more than the probe.
@@ -437,6 +535,21 @@ impl ProbeReport {
                 if let Some(took) = outcome.connect {
                     let took = numbers.float(took.as_secs_f64());
                     push_line(&mut out, PORT_CONNECT_DURATION.name, labels, "} ", took);
+                }
+            }
+        }
+        if series.iter().any(|(_, o)| o.service.is_some()) {
+            let mut samples = String::new();
+            for family in SERVICE_FAMILIES {
+                samples.clear();
+                for (labels, outcome) in &series {
+                    if let Some(found) = &outcome.service {
+                        push_service_sample(&mut samples, family, labels, found, &mut numbers);
+                    }
+                }
+                if !samples.is_empty() {
+                    family.write_header(&mut out, format);
+                    out.push_str(&samples);
                 }
             }
         }
@@ -530,19 +643,103 @@ mod tests {
     }
 
     #[test]
+    fn service_parameters_are_read_by_the_configs_rules() {
+        use crate::domain::Service;
+        let service = |query: &[(&str, &str)]| parse(query).map(|r| r.service);
+        let asked = |service, server_name: Option<&str>, insecure| {
+            Ok(Some(RequestedCheck {
+                service,
+                server_name: server_name.map(String::from),
+                insecure_skip_verify: insecure,
+            }))
+        };
+        let t = ("target", "h:1");
+        assert_eq!(service(&[t]), Ok(None));
+        assert_eq!(
+            service(&[t, ("service", "ssh")]),
+            asked(ServiceExpect::Named(Service::Ssh), None, None)
+        );
+        assert_eq!(
+            service(&[t, ("service", "auto")]),
+            asked(ServiceExpect::Auto, None, None)
+        );
+        let tls = [
+            t,
+            ("service", "tls"),
+            ("tls_server_name", "[::1]"),
+            ("tls_insecure_skip_verify", "false"),
+        ];
+        assert_eq!(
+            service(&tls),
+            asked(ServiceExpect::Tls, Some("::1"), Some(false))
+        );
+        let refused = |query: &[(&str, &str)]| match parse(query) {
+            Err(Refusal::BadRequest(message)) => message,
+            other => panic!("{query:?}: {other:?}"),
+        };
+        // The config's own words for what it refuses.
+        assert_eq!(
+            refused(&[t, ("service", "sshd")]),
+            ServiceExpect::parse("sshd").unwrap_err()
+        );
+        assert!(refused(&[t, ("service", "SSH")]).contains("invalid service \"SSH\""));
+        assert_eq!(
+            refused(&[t, ("service", "tls"), ("tls_server_name", "a b")]),
+            "invalid tls_server_name \"a b\": expected a DNS name or an IP address"
+        );
+        let skip = refused(&[t, ("service", "tls"), ("tls_insecure_skip_verify", "1")]);
+        assert!(skip.contains("expected true or false"), "{skip}");
+        assert!(refused(&[t, ("tls_server_name", "x")]).contains("need service="));
+        let twice = refused(&[t, ("service", "ssh"), ("service", "http")]);
+        assert_eq!(twice, "service= given more than once");
+        for file in ["ca_file", "tls_ca_file"] {
+            let message = refused(&[t, ("service", "tls"), (file, "/etc/passwd")]);
+            assert!(message.contains("cannot name a file"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_requested_check_takes_defaults_tls_and_the_host_as_server_name() {
+        let config = Config::parse(
+            "[defaults.tls]\ninsecure_skip_verify = true\n[probe]\nallow = [\"10.0.0.0/8\"]",
+            "t",
+        )
+        .unwrap();
+        let asked = parse(&[("target", "db.example:5432"), ("service", "postgresql")])
+            .unwrap()
+            .service
+            .unwrap();
+        let check = config.defaults.service.for_request("db.example", &asked);
+        assert_eq!(check.tls.server_name.as_deref(), Some("db.example"));
+        assert!(check.tls.insecure_skip_verify);
+        assert!(check.query.is_none());
+        let asked = RequestedCheck {
+            server_name: Some("other".into()),
+            insecure_skip_verify: Some(false),
+            ..asked
+        };
+        let check = config.defaults.service.for_request("10.0.0.1", &asked);
+        assert_eq!(check.tls.server_name.as_deref(), Some("other"));
+        assert!(!check.tls.insecure_skip_verify);
+    }
+
+    #[test]
     fn probe_writes_the_families_it_shares_with_metrics_alike() {
         use crate::domain::Reason;
         use crate::exposition::table::{headers, render_table, with_headers};
         use crate::state::{RowKey, StateTable};
         use std::time::SystemTime;
 
+        use crate::probe::service::ServiceFinding;
+
         let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let found = ServiceFinding::https_example();
         let outcome = Outcome {
             state: State::Open,
             reason: Reason::SynAck,
             connect: Some(Duration::from_micros(250)),
             at: SystemTime::UNIX_EPOCH + Duration::from_secs(1),
-            service: None,
+            service: Some(Arc::new(found)),
         };
         let report = ProbeReport {
             request: parse(&[("target", "localhost:22")]).unwrap(),
@@ -574,20 +771,18 @@ mod tests {
                 .map(String::from)
                 .collect()
         };
-        for family in [&PORT_STATE, &PORT_STATE_REASON, &PORT_CONNECT_DURATION] {
+        let shared = [&PORT_STATE, &PORT_STATE_REASON, &PORT_CONNECT_DURATION];
+        for family in shared.into_iter().chain(SERVICE_FAMILIES.iter().copied()) {
             let lines = header_of(&probe, family.name);
             assert_eq!(lines.len(), 2, "{}:\n{probe}", family.name);
             assert_eq!(lines, header_of(&metrics, family.name));
         }
         // Every sample carries its family's labels; the numbers are written alike.
-        let families = [
-            &PORT_STATE,
-            &PORT_STATE_REASON,
-            &PORT_CONNECT_DURATION,
-            &PROBE_DNS_LOOKUP_TIME,
-            &PROBE_DURATION,
-            &PROBE_SUCCESS,
-        ];
+        let families: Vec<&crate::families::Family> = shared
+            .into_iter()
+            .chain(SERVICE_FAMILIES.iter().copied())
+            .chain([&PROBE_DNS_LOOKUP_TIME, &PROBE_DURATION, &PROBE_SUCCESS])
+            .collect();
         let mut seen = Vec::new();
         for line in probe.lines().filter(|l| !l.starts_with('#')) {
             let name = line.split(['{', ' ']).next().unwrap();
@@ -602,7 +797,13 @@ mod tests {
             seen.push(name);
         }
         seen.dedup();
-        assert_eq!(seen, families.map(|f| f.name));
+        assert_eq!(seen, families.iter().map(|f| f.name).collect::<Vec<_>>());
+        let expiry = "port_tls_cert_expiry_timestamp_seconds{host=\"localhost\",port=\"22\",ip=\"127.0.0.1\"} 1900000000\n";
+        assert!(probe.contains(expiry), "{probe}");
+        assert!(
+            metrics.contains(",host=\"localhost\",port=\"22\",ip=\"127.0.0.1\"} 1900000000\n"),
+            "{metrics}"
+        );
         let connect = "port=\"22\",ip=\"127.0.0.1\"} 0.00025\n";
         assert!(
             probe.contains(&format!("{{host=\"localhost\",{connect}")),
@@ -759,6 +960,54 @@ mod tests {
         while let Some(held) = holders.join_next().await {
             assert!(held.unwrap().is_ok());
         }
+    }
+
+    /// A service check costs up to one more timeout and [`MAX_CONNECTIONS`] connections: the
+    /// attempts are fitted so that it ends by the deadline, and its connections count
+    /// against the cap of connects in flight.
+    #[tokio::test(start_paused = true)]
+    async fn a_service_check_fits_the_deadline_and_counts_against_the_connect_cap() {
+        let prober = SilentProbe::default();
+        let on_demand = Arc::new(on_demand());
+        let config = Arc::new(config("127.0.0.0/8"));
+        let with_service = |target: &str| ProbeRequest {
+            service: Some(RequestedCheck {
+                service: ServiceExpect::Auto,
+                server_name: None,
+                insecure_skip_verify: None,
+            }),
+            ..request(target)
+        };
+        // A budget of 2 s: two attempts and the check, a third each.
+        let report = probe(
+            &prober,
+            &on_demand,
+            &config,
+            with_service("127.0.0.1:80"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert!(
+            report.trace.contains("attempts of at most 666.666666ms"),
+            "{}",
+            report.trace
+        );
+        // As many checks at once as the cap has room for four connections each.
+        let started = Instant::now();
+        let mut requests = JoinSet::new();
+        let requests_at_once = PROBE_CONNECTS / MAX_CONNECTIONS as usize;
+        for i in 0..requests_at_once + 1 {
+            let (prober, on_demand, config) = (prober.clone(), on_demand.clone(), config.clone());
+            let request = with_service(&format!("127.0.0.{}:80", i + 1));
+            requests.spawn(async move { probe(&prober, &on_demand, &config, request, None).await });
+        }
+        while let Some(joined) = requests.join_next().await {
+            assert!(joined.unwrap().is_ok());
+        }
+        assert_eq!(prober.most.load(Ordering::SeqCst), requests_at_once);
+        // The last waited for the first ones' slots, and still ended by its deadline.
+        assert!(started.elapsed() <= Duration::from_secs(2));
     }
 
     #[tokio::test]

@@ -66,6 +66,26 @@ pub struct ServiceFinding {
     pub cert: Option<TlsFinding>,
 }
 
+#[cfg(test)]
+impl ServiceFinding {
+    /// A finding for tests: HTTP (nginx/1.22.1) over TLS 1.3, as expected, its chain valid
+    /// until 1,900,000,000 and verified.
+    pub(crate) fn https_example() -> ServiceFinding {
+        ServiceFinding {
+            service: Service::Http,
+            version: Some("nginx/1.22.1".into()),
+            tls: TlsMode::Implicit,
+            reason: Reason::Matched,
+            unexpected: Some(false),
+            cert: Some(TlsFinding {
+                version: "TLS 1.3",
+                expiry: Some(1_900_000_000),
+                verified: Some(true),
+            }),
+        }
+    }
+}
+
 /// What a TLS handshake showed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TlsFinding {

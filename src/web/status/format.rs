@@ -42,6 +42,16 @@ impl Display for Ago<'_> {
 /// A time as UTC calendar date and time: "2024-05-01 12:34:56 UTC".
 pub struct Utc<'a>(pub &'a SystemTime);
 
+/// A time as UTC calendar date: "2024-05-01".
+pub struct Date<'a>(pub &'a SystemTime);
+
+impl Display for Date<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (y, mo, d, ..) = civil(*self.0);
+        write!(f, "{y:04}-{mo:02}-{d:02}")
+    }
+}
+
 /// A time for a `datetime` attribute: "2024-05-01T12:34:56Z".
 pub struct Iso<'a>(pub &'a SystemTime);
 

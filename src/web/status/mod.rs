@@ -181,6 +181,107 @@ mod tests {
         );
     }
 
+    /// The port row of `port` in `page`: one line.
+    fn row_line(page: &str, port: u16) -> &str {
+        let mark = format!("data-port=\"{port}\"");
+        page.lines().find(|l| l.contains(&mark)).expect("row")
+    }
+
+    #[test]
+    fn open_rows_show_their_service_and_certificate_expiry() {
+        use crate::domain::{Service, TlsMode};
+        use crate::probe::service::{ServiceFinding, TlsFinding};
+        use std::sync::Arc;
+
+        let t = table(
+            "[[targets]]\nname = \"web\"\nhost = \"127.0.0.1\"\nports = [22, 443, 8443, 80]\nservice = \"auto\"",
+        );
+        let day = 86_400;
+        let open = |port: u16, found: ServiceFinding| {
+            let outcome = Outcome {
+                state: State::Open,
+                reason: Reason::SynAck,
+                connect: Some(Duration::from_micros(250)),
+                at: at(NOW - 5),
+                service: Some(Arc::new(found)),
+            };
+            t.record("web", RowKey { port, ip: V4 }, outcome);
+        };
+        let cert = |expiry: u64, verified| {
+            Some(TlsFinding {
+                version: "TLS 1.3",
+                expiry: Some(expiry as i64),
+                verified,
+            })
+        };
+        let found = |service, version: Option<&str>, tls, cert| ServiceFinding {
+            service,
+            version: version.map(Into::into),
+            tls,
+            reason: Reason::Matched,
+            unexpected: None,
+            cert,
+        };
+        // A hostile banner: the version is server input.
+        let hostile = "<script>alert(3)</script>";
+        open(22, found(Service::Ssh, Some(hostile), TlsMode::None, None));
+        let https = found(
+            Service::Http,
+            None,
+            TlsMode::Implicit,
+            cert(NOW + 30 * day + 5, Some(true)),
+        );
+        open(443, https);
+        let expired = cert(NOW - 3 * day - 5, Some(false));
+        open(
+            8443,
+            found(Service::Http, Some("nginx"), TlsMode::Implicit, expired),
+        );
+        record(&t, "web", 80, V4, State::Closed);
+        let page = render(&t, None);
+
+        let ssh = row_line(&page, 22);
+        assert!(
+            ssh.contains("<td class=\"service\"><span class=\"svc\">ssh</span>"),
+            "{ssh}"
+        );
+        assert!(
+            ssh.contains("&lt;script&gt;alert(3)&lt;/script&gt;"),
+            "{ssh}"
+        );
+        assert!(!ssh.contains("chip tls") && !ssh.contains("cert"), "{ssh}");
+        assert!(!page.contains("<script>alert"));
+        assert_eq!(page.matches("<script").count(), 1, "only the countdown");
+
+        let https = row_line(&page, 443);
+        assert!(
+            https.contains("<span class=\"chip tls\">implicit</span>"),
+            "{https}"
+        );
+        assert!(
+            https.contains(r#"<span class="cert" "#)
+                && https.contains(r#"<time datetime="2024-05-31T12:00:05Z">2024-05-31</time> &middot; 30 days left</span>"#),
+            "{https}"
+        );
+        let bad = row_line(&page, 8443);
+        assert!(
+            bad.contains(r#"<span class="cert expired unverified" "#),
+            "{bad}"
+        );
+        assert!(
+            bad.contains("2024-04-28</time> &middot; expired 3 days ago &middot; unverified"),
+            "{bad}"
+        );
+        assert!(bad.contains("svc-version\">nginx</span>"), "{bad}");
+        // A port without a check shows a dash; the header names the column.
+        assert!(row_line(&page, 80).contains("</td><td class=\"muted\">&mdash;</td>"));
+        assert!(page.contains("<th>Reason</th><th>Service</th>"));
+        // The classes the marks use are in the page's (hashed) style.
+        for class in [".cert.expired", ".cert.unverified", ".chip.tls"] {
+            assert!(include_str!("style.css").contains(class), "{class}");
+        }
+    }
+
     #[test]
     fn filtering_by_state_is_done_on_the_server() {
         let t = two_ports();

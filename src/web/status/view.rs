@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use super::filter::Filter;
 use super::{MAX_ROWS_PER_PAGE, MAX_ROWS_PER_TARGET};
-use crate::domain::StateCounts;
+use crate::domain::{StateCounts, TlsMode};
 use crate::probe::Outcome;
 use crate::state::{TargetInfo, TargetRows};
 
@@ -165,6 +165,76 @@ impl RowView {
     pub fn unexpected(&self) -> bool {
         self.broken == Some(true)
     }
+
+    /// The service column: what the last probe's service check found, as of `now`; `None`
+    /// when it ran none (a port not open, a target without `service` or `query`).
+    pub fn service(&self, now: &SystemTime) -> Option<ServiceCell<'_>> {
+        let found = self.outcome.service.as_deref()?;
+        let cert = found.cert.as_ref().and_then(|cert| {
+            let expiry = cert.expiry?;
+            let at = if expiry >= 0 {
+                SystemTime::UNIX_EPOCH + Duration::from_secs(expiry.unsigned_abs())
+            } else {
+                SystemTime::UNIX_EPOCH - Duration::from_secs(expiry.unsigned_abs())
+            };
+            let now_secs = match now.duration_since(SystemTime::UNIX_EPOCH) {
+                Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+                Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+            };
+            let left = expiry.saturating_sub(now_secs);
+            Some(CertCell {
+                expiry: at,
+                expired: left < 0,
+                days: left.unsigned_abs() / 86_400,
+                unverified: cert.verified == Some(false),
+            })
+        });
+        Some(ServiceCell {
+            name: found.service.as_str(),
+            tls: (found.tls != TlsMode::None).then(|| found.tls.as_str()),
+            version: found.version.as_deref(),
+            cert,
+        })
+    }
+}
+
+/// A row's service column.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ServiceCell<'a> {
+    /// nmap's name (`unknown` when nothing matched).
+    pub name: &'static str,
+    /// `implicit` or `starttls`; `None` without TLS.
+    pub tls: Option<&'static str>,
+    /// What the server announces, where short: server input, escaped as every value.
+    pub version: Option<&'a str>,
+    /// The certificate's expiry, when a handshake showed one.
+    pub cert: Option<CertCell>,
+}
+
+/// The certificate part of a row's service column.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CertCell {
+    /// The earliest notAfter of the chain.
+    pub expiry: SystemTime,
+    /// Whether `expiry` is past.
+    pub expired: bool,
+    /// Whole days left until `expiry` (since, when expired).
+    pub days: u64,
+    /// The chain did not verify (`port_tls_cert_verified` 0); false under
+    /// `insecure_skip_verify`.
+    pub unverified: bool,
+}
+
+impl CertCell {
+    /// The classes of its element: `cert`, and `expired`, `unverified` as they apply.
+    pub fn classes(&self) -> &'static str {
+        match (self.expired, self.unverified) {
+            (false, false) => "cert",
+            (true, false) => "cert expired",
+            (false, true) => "cert unverified",
+            (true, true) => "cert expired unverified",
+        }
+    }
 }
 
 #[cfg(test)]
@@ -185,6 +255,66 @@ mod tests {
             at: SystemTime::UNIX_EPOCH,
             service: None,
         }
+    }
+
+    #[test]
+    fn the_service_cell_counts_whole_days_and_marks_only_what_is_known_to_be_bad() {
+        use crate::probe::service::ServiceFinding;
+        // https_example: HTTP over TLS, its chain verified, valid until 1,900,000,000.
+        let expiry = 1_900_000_000;
+        let row = |found: Option<ServiceFinding>| RowView {
+            port: 443,
+            ip: V4,
+            outcome: Outcome {
+                service: found.map(Arc::new),
+                ..outcome(State::Open)
+            },
+            changes: 0,
+            last_change: SystemTime::UNIX_EPOCH,
+            broken: None,
+        };
+        let at = |secs: u64| SystemTime::UNIX_EPOCH + Duration::from_secs(secs);
+        assert_eq!(row(None).service(&at(expiry)), None);
+        let https = row(Some(ServiceFinding::https_example()));
+        let cert = |now| https.service(&at(now)).unwrap().cert.unwrap();
+        let cell = https.service(&at(0)).unwrap();
+        assert_eq!(
+            (cell.name, cell.tls, cell.version),
+            ("http", Some("implicit"), Some("nginx/1.22.1"))
+        );
+        // Days left round down; the moment itself is not past yet.
+        assert_eq!(
+            (cert(expiry - 86_401).days, cert(expiry - 86_401).expired),
+            (1, false)
+        );
+        assert_eq!((cert(expiry - 1).days, cert(expiry).expired), (0, false));
+        assert_eq!((cert(expiry + 1).days, cert(expiry + 1).expired), (0, true));
+        assert_eq!(cert(expiry + 2 * 86_400).days, 2);
+        assert_eq!(cert(expiry).expiry, at(expiry));
+        assert_eq!(cert(expiry).classes(), "cert");
+        assert_eq!(cert(expiry + 1).classes(), "cert expired");
+        // Unverified only when verification ran and failed: not under insecure_skip_verify.
+        let mut found = ServiceFinding::https_example();
+        let tls = found.cert.as_mut().unwrap();
+        tls.verified = None;
+        assert!(
+            !row(Some(found.clone()))
+                .service(&at(0))
+                .unwrap()
+                .cert
+                .unwrap()
+                .unverified
+        );
+        found.cert.as_mut().unwrap().verified = Some(false);
+        let unverified = row(Some(found.clone()));
+        let cell = unverified.service(&at(0)).unwrap();
+        assert_eq!(cell.cert.unwrap().classes(), "cert unverified");
+        // No TLS, no chip; a handshake without an expiry, no certificate part.
+        found.tls = crate::domain::TlsMode::None;
+        found.cert.as_mut().unwrap().expiry = None;
+        let plain = row(Some(found));
+        let cell = plain.service(&at(0)).unwrap();
+        assert_eq!((cell.tls, cell.cert), (None, None));
     }
 
     #[test]
