@@ -17,7 +17,7 @@ use common::{have, skip};
 const LIMIT: Duration = Duration::from_secs(150);
 
 /// The figures the table must have a row for (the row's first cell starts with the letter).
-const FIGURES: [(&str, &str); 9] = [
+const FIGURES: [(&str, &str); 10] = [
     (
         "a. /probe throughput",
         "/probe throughput, ours vs blackbox_exporter",
@@ -35,6 +35,10 @@ const FIGURES: [(&str, &str); 9] = [
     (
         "i. ",
         "silent pairs on schedule: rounds, CPU, memory, lateness",
+    ),
+    (
+        "j. service = \"auto\"",
+        "service = \"auto\" vs connect-only on open ports",
     ),
 ];
 

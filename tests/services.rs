@@ -5,8 +5,11 @@
 //! in the same namespace is the oracle for every service name and for TLS (its `ssl/` tunnel;
 //! its ssl-cert script for a certificate behind STARTTLS), `openssl x509 -enddate` for every
 //! certificate's notAfter, `openssl s_client` for the TLS version and whether the chain
-//! verifies. Needs root and the packages `.ci/run` installs: without them the test prints
-//! `SKIPPED: <why>`, and fails under CI=true.
+//! verifies. A real Prometheus in the same namespace scrapes the exporter with the shipped rule
+//! files (deploy/prometheus/rules) loaded: the certificate and service alerts must fire where
+//! the servers break them and nowhere else. Needs root and the packages `.ci/run` installs
+//! (prometheus among them): without them the test prints `SKIPPED: <why>`, and fails under
+//! CI=true.
 
 mod common;
 
@@ -201,6 +204,14 @@ fn services_on_real_servers_agree_with_nmap() {
     );
     let phase = Instant::now();
     let exporter = start_exporter_in(&ns, lab.dir(), &config, Duration::from_secs(30));
+    // Prometheus with the shipped rules, started at once so that its `for` clocks run while
+    // the scrape is checked below.
+    let rules: Vec<_> = std::fs::read_dir("deploy/prometheus/rules")
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    let prometheus = start_prometheus_in(&ns, lab.dir(), &rules);
+    let prometheus_started = Instant::now();
     let (text, samples) = scrape_identified(&ns, &exporter, Duration::from_secs(60));
     println!(
         "\nexporter identified every port in {:.1} s",
@@ -330,9 +341,185 @@ fn services_on_real_servers_agree_with_nmap() {
         promtool_check_metrics(&text).expect("promtool check metrics passes on the scrape");
     }
 
+    shipped_alerts_fire_where_the_servers_break_them(&ns, &prometheus, prometheus_started);
+
+    drop(prometheus);
     drop(exporter);
     drop(lab);
     println!("\ntotal {:.1} s", started.elapsed().as_secs_f64());
+}
+
+/// Prometheus' active alerts (pending and firing) named `name`.
+fn active_alerts(ns: &Netns, name: &str) -> Option<Vec<serde_json::Value>> {
+    let answer = prometheus_api(ns, "/api/v1/alerts")?;
+    let alerts = answer["data"]["alerts"].as_array()?;
+    Some(
+        alerts
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == name)
+            .cloned()
+            .collect(),
+    )
+}
+
+/// (target, port, state) of each alert.
+fn alert_rows(alerts: &[serde_json::Value]) -> Vec<(String, String, String)> {
+    let mut rows: Vec<_> = alerts
+        .iter()
+        .map(|a| {
+            let text = |v: &serde_json::Value| v.as_str().unwrap_or("").to_string();
+            (
+                text(&a["labels"]["target"]),
+                text(&a["labels"]["port"]),
+                text(&a["state"]),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows
+}
+
+/// The shipped rules (issue 13: "the rules alert in a real Prometheus on the expired
+/// certificate and not on the valid one"): PortTLSCertificateExpired (`for: 0m`) fires for
+/// the expired certificate only; PortServiceUnexpected (`for: 1m`) goes pending and then fires
+/// for the two targets whose server breaks `service = "<name>"`, for none of the others; no
+/// PortTLSCertificateNotVerified (every other chain verifies against the CA; the expired one
+/// is left to PortTLSCertificateExpired by the rule) and no PortServiceChanged (nothing
+/// changed).
+fn shipped_alerts_fire_where_the_servers_break_them(
+    ns: &Netns,
+    prometheus: &Process,
+    prometheus_started: Instant,
+) {
+    let phase = Instant::now();
+    let alerts = |name| active_alerts(ns, name).unwrap_or_default();
+    // Every expectation target scraped, with its verdict: the rules have their input.
+    wait_for(
+        "port_service_unexpected of every expectation target in Prometheus",
+        Duration::from_secs(60),
+        prometheus,
+        || {
+            prometheus_query(ns, "port_service_unexpected")
+                .filter(|r| r.len() == EXPECTATIONS.len())
+        },
+    );
+    let expired_port = HTTPS_EXPIRED.to_string();
+    let valid_port = HTTPS_VALID.to_string();
+    let expired = wait_for(
+        "PortTLSCertificateExpired firing",
+        Duration::from_secs(30),
+        prometheus,
+        || {
+            let found = alerts("PortTLSCertificateExpired");
+            found
+                .iter()
+                .any(|a| a["state"] == "firing")
+                .then_some(found)
+        },
+    );
+    assert_eq!(
+        alert_rows(&expired),
+        [(
+            "auto".to_string(),
+            expired_port.clone(),
+            "firing".to_string()
+        )],
+        "PortTLSCertificateExpired: the expired certificate's port only, not {valid_port}: {expired:#?}"
+    );
+    let alert = &expired[0];
+    for (name, want) in [
+        ("host", "127.0.0.1"),
+        ("ip", "127.0.0.1"),
+        ("severity", "critical"),
+        ("job", "port_exporter"),
+    ] {
+        assert_eq!(alert["labels"][name], want, "label {name} of {alert}");
+    }
+    let summary = alert["annotations"]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains(&expired_port) && summary.contains("has expired"),
+        "{summary}"
+    );
+    println!(
+        "\nPrometheus: PortTLSCertificateExpired firing for {expired_port} after {:.1} s",
+        prometheus_started.elapsed().as_secs_f64()
+    );
+
+    // The broken expectations: pending first (`for: 1m`), then firing, never the right ones.
+    let mut broken: Vec<(String, String)> = EXPECTATIONS
+        .iter()
+        .filter(|row| row.3)
+        .map(|row| (row.0.to_string(), row.1.to_string()))
+        .collect();
+    broken.sort();
+    let of = |rows: Vec<(String, String, String)>| -> Vec<(String, String)> {
+        rows.into_iter().map(|(t, p, _)| (t, p)).collect()
+    };
+    let pending = wait_for(
+        "PortServiceUnexpected active for both broken expectations",
+        Duration::from_secs(30),
+        prometheus,
+        || {
+            let found = alerts("PortServiceUnexpected");
+            (found.len() >= broken.len()).then_some(found)
+        },
+    );
+    assert_eq!(of(alert_rows(&pending)), broken, "{pending:#?}");
+    println!(
+        "Prometheus: PortServiceUnexpected {:?} after {:.1} s",
+        alert_rows(&pending),
+        prometheus_started.elapsed().as_secs_f64()
+    );
+    let firing = wait_for(
+        "PortServiceUnexpected firing (its `for` is 1m)",
+        Duration::from_secs(90),
+        prometheus,
+        || {
+            let found = alerts("PortServiceUnexpected");
+            found
+                .iter()
+                .all(|a| a["state"] == "firing")
+                .then_some(found)
+        },
+    );
+    assert_eq!(of(alert_rows(&firing)), broken, "{firing:#?}");
+    let ssh_as_http = firing
+        .iter()
+        .find(|a| a["labels"]["target"] == "ssh-as-http")
+        .unwrap();
+    let summary = ssh_as_http["annotations"]["summary"].as_str().unwrap();
+    assert!(summary.contains("answers as ssh"), "{summary}");
+    println!(
+        "Prometheus: PortServiceUnexpected firing after {:.1} s",
+        prometheus_started.elapsed().as_secs_f64()
+    );
+
+    // Still only the expired certificate, and nothing about the valid, verified one.
+    assert_eq!(
+        of(alert_rows(&alerts("PortTLSCertificateExpired"))),
+        [("auto".to_string(), expired_port)]
+    );
+    for name in [
+        "PortTLSCertificateNotVerified",
+        "PortTLSCertificateExpiringSoon",
+        "PortServiceChanged",
+    ] {
+        let found = alerts(name);
+        assert!(
+            found.is_empty(),
+            "{name} active (none may be: every chain but the expired one verifies, none \
+             expires soon, nothing changed): {found:#?}"
+        );
+    }
+    assert!(
+        prometheus_query(
+            ns,
+            &format!("port_tls_cert_verified{{target=\"auto\",port=\"{valid_port}\"}} == 1")
+        )
+        .is_some_and(|r| r.len() == 1),
+        "Prometheus has the valid certificate's port_tls_cert_verified 1"
+    );
+    println!("alerts checked in {:.1} s", phase.elapsed().as_secs_f64());
 }
 
 #[test]

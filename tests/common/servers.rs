@@ -145,6 +145,14 @@ pub fn servers_available() -> bool {
     if postgres_bin().is_none() {
         return !skip("service lab tests need PostgreSQL (/usr/lib/postgresql/*/bin/postgres)");
     }
+    for tool in ["prometheus", "promtool"] {
+        if !super::have(tool) {
+            return !skip(&format!(
+                "service lab tests need {tool} on PATH (Debian package prometheus): the shipped \
+                 alert rules run in a real Prometheus"
+            ));
+        }
+    }
     for user in USERS {
         if nix::unistd::User::from_name(user).ok().flatten().is_none() {
             return !skip(&format!("service lab tests need the system user {user}"));
