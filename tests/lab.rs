@@ -397,45 +397,8 @@ fn answers_that_come_after_connect_returns_are_read_the_same() {
 /// nmap's full-range verdict on 127.0.0.1: the ports it lists, and its count per state for the
 /// ones it folds into `<extraports>`.
 fn nmap_full_range(ns: &Netns) -> (BTreeMap<u16, String>, BTreeMap<String, usize>, Duration) {
-    let started = Instant::now();
-    let xml = ns.run(&[
-        "nmap",
-        "-sT",
-        "-Pn",
-        "-n",
-        "-T4",
-        "-p-",
-        "-oX",
-        "-",
-        "127.0.0.1",
-    ]);
-    let took = started.elapsed();
-    let attribute = |element: &str, name: &str| -> String {
-        let start = element.find(&format!("{name}=\"")).expect(name) + name.len() + 2;
-        element[start..].split('"').next().unwrap().to_string()
-    };
-    let listed = xml
-        .split("<port protocol=\"tcp\" ")
-        .skip(1)
-        .map(|element| {
-            let state_element = &element[element.find("<state ").unwrap()..];
-            (
-                attribute(element, "portid").parse().unwrap(),
-                attribute(state_element, "state"),
-            )
-        })
-        .collect();
-    let folded = xml
-        .split("<extraports ")
-        .skip(1)
-        .map(|element| {
-            (
-                attribute(element, "state"),
-                attribute(element, "count").parse().unwrap(),
-            )
-        })
-        .collect();
-    (listed, folded, took)
+    let scan = nmap_scan(ns, &["-sT", "-Pn", "-n", "-T4", "-p-", "127.0.0.1"]);
+    (scan.listed, scan.folded, scan.took)
 }
 
 #[test]
@@ -530,19 +493,6 @@ fn a_full_port_range_agrees_with_nmap_and_exports_only_what_matters() {
     assert_eq!(count("open"), 5.0);
     assert_eq!(count("filtered"), 1.0);
     assert_eq!(count("error"), 0.0);
-}
-
-/// Prometheus' active alerts (pending and firing) named `name`.
-fn active_alerts(ns: &Netns, name: &str) -> Option<Vec<serde_json::Value>> {
-    let answer = prometheus_api(ns, "/api/v1/alerts")?;
-    let alerts = answer["data"]["alerts"].as_array()?;
-    Some(
-        alerts
-            .iter()
-            .filter(|a| a["labels"]["alertname"] == name)
-            .cloned()
-            .collect(),
-    )
 }
 
 #[test]

@@ -349,19 +349,6 @@ fn services_on_real_servers_agree_with_nmap() {
     println!("\ntotal {:.1} s", started.elapsed().as_secs_f64());
 }
 
-/// Prometheus' active alerts (pending and firing) named `name`.
-fn active_alerts(ns: &Netns, name: &str) -> Option<Vec<serde_json::Value>> {
-    let answer = prometheus_api(ns, "/api/v1/alerts")?;
-    let alerts = answer["data"]["alerts"].as_array()?;
-    Some(
-        alerts
-            .iter()
-            .filter(|a| a["labels"]["alertname"] == name)
-            .cloned()
-            .collect(),
-    )
-}
-
 /// (target, port, state) of each alert.
 fn alert_rows(alerts: &[serde_json::Value]) -> Vec<(String, String, String)> {
     let mut rows: Vec<_> = alerts

@@ -490,3 +490,16 @@ pub fn nmap_scan(ns: &Netns, args: &[&str]) -> NmapScan {
         took,
     }
 }
+
+/// Prometheus' active alerts (pending and firing) named `name`.
+pub fn active_alerts(ns: &Netns, name: &str) -> Option<Vec<serde_json::Value>> {
+    let answer = prometheus_api(ns, "/api/v1/alerts")?;
+    let alerts = answer["data"]["alerts"].as_array()?;
+    Some(
+        alerts
+            .iter()
+            .filter(|a| a["labels"]["alertname"] == name)
+            .cloned()
+            .collect(),
+    )
+}
