@@ -103,6 +103,10 @@
 # failed; 3 in full mode when a goal failed. Processes are stopped by PID and the namespace is
 # deleted on exit, also on error or Ctrl-C.
 set -euo pipefail
+# Rows e and i hold 10,000 and 16,384 probes in flight, up to two sockets each: more than a
+# default hard limit of 20,000 descriptors, to which the exporter would fit (lower) its
+# concurrency. Root may raise it.
+ulimit -n 65536 2>/dev/null || true
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=full
