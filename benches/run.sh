@@ -39,14 +39,14 @@
 #      the window: CPU (utime+stime of /proc/PID/stat, in cores), VmRSS per pair, and the p99 of
 #      port_exporter_probe_start_lateness_seconds over the window (bucket interpolation like
 #      histogram_quantile). Goals: <= 0.5 core, <= 2 KB/pair, p99 < 1 s.
-#   e. 10,000 silent ports in flight: a target 20000-29999 (timing fixed, timeout 25s, retries 0, interval
+#   e. 9,000 silent ports in flight (an fd limit of 20,000 fits 9,936 probes of two sockets): a target 20000-28999 (timing fixed, timeout 25s, retries 0, interval
 #      30s, expect not_open) plus a target of 10 open ports (interval 1s), --probe.concurrency
 #      12000. Baseline: VmRSS of the same process after its first round (the range answered
 #      with resets: every row exists, nothing waits); then `iptables -I INPUT -p tcp --dport
-#      20000:29999 -j DROP`, and once the next round has all 10,000 in flight
+#      20000:28999 -j DROP`, and once the next round has all 9,000 in flight
 #      (port_exporter_probes_in_flight), VmRSS and in-flight samples every 0.5 s for 18 s.
 #      Goals: extra RSS <= 20 MB; lateness p99 of the probes started meanwhile < 50 ms (the
-#      lateness of the round that started the 10,000 is reported too).
+#      lateness of the round that started the 9,000 is reported too).
 #   f. TIME_WAIT: `ss -tan state time-wait` on the open port after our wrk run of (a) and after
 #      the scheduled rounds of (d) (ours closes with a reset: goal 0), and after blackbox's.
 #   Rows g-i use addresses of 198.18.0.0/15 on the namespace's lo (198.18.0.1, 198.18.2.1,
@@ -74,8 +74,8 @@
 #      Goals: false filtered <= 0.1% of probes and <= nmap's.
 #   i. 1M silent pairs: 16 targets 198.18.1.1-16 x ports 1-65535 (1-65534 a range, 65535
 #      listed), every SYN dropped but those to 1, 80 and 443 (open); interval 5m, default
-#      timing, --probe.concurrency 16384 (with the fixed timing, 2 attempts of 2 s per silent
-#      pair, 1M pairs take 4096 s on the default 1024 slots, 256 s on 16384). From /-/ready
+#      timing, --probe.concurrency 9000 --probe.rate 25000 (9,000 slots fit the fd limit of
+#      20,000 at two sockets per probe; at 25,000 starts/s they are never all taken). From /-/ready
 #      200 (the first round, timed like b) over one interval: CPU (utime+stime of
 #      /proc/PID/stat, in cores), VmRSS at the end, the p99 of
 #      port_exporter_probe_start_lateness_seconds (like d), and every round's duration: a
@@ -103,10 +103,6 @@
 # failed; 3 in full mode when a goal failed. Processes are stopped by PID and the namespace is
 # deleted on exit, also on error or Ctrl-C.
 set -euo pipefail
-# Rows e and i hold 10,000 and 16,384 probes in flight, up to two sockets each: more than a
-# default hard limit of 20,000 descriptors, to which the exporter would fit (lower) its
-# concurrency. Root may raise it.
-ulimit -n 65536 2>/dev/null || true
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=full
@@ -137,10 +133,10 @@ if [ "$MODE" = full ]; then
     NMAP_RUNS=3 OURS_RUNS=3
     C_TARGETS=1000 C_PORTS=100 C_INTERVAL=60s SCRAPES=11
     D_WARMUP=30 D_WINDOW=120
-    E_LO=20000 E_HI=29999 E_TIMEOUT=25 E_INTERVAL=30 E_CONC=12000 E_BASE_SECS=5 E_WINDOW=18
+    E_LO=20000 E_HI=28999 E_TIMEOUT=25 E_INTERVAL=30 E_CONC=12000 E_BASE_SECS=5 E_WINDOW=18
     G_RANGES=("1-65535") G_NMAP_PORTS=- G_LIMIT=900
     H_ROUNDS=12 H_INTERVAL=5
-    I_ADDRS=16 I_PORTS=65535 I_INTERVAL=300 I_CONC=16384 I_EVERY=30
+    I_ADDRS=16 I_PORTS=65535 I_INTERVAL=300 I_CONC=9000 I_RATE=25000 I_EVERY=30
     J_LO=20000 J_HI=29999 J_RUNS=3
 else
     WRK_ARGS=(-t2 -c8 -d1s --latency)
@@ -152,7 +148,7 @@ else
     E_LO=20000 E_HI=20199 E_TIMEOUT=4 E_INTERVAL=5 E_CONC=400 E_BASE_SECS=1 E_WINDOW=2
     G_RANGES=("1-900" "8000-8100") G_NMAP_PORTS=1-900,8000-8100 G_LIMIT=120
     H_ROUNDS=2 H_INTERVAL=5
-    I_ADDRS=2 I_PORTS=2000 I_INTERVAL=6 I_CONC=8192 I_EVERY=2
+    I_ADDRS=2 I_PORTS=2000 I_INTERVAL=6 I_CONC=8192 I_RATE=25000 I_EVERY=2
     J_LO=20000 J_HI=20199 J_RUNS=1
 fi
 CONCURRENT=8
@@ -1070,14 +1066,14 @@ note "d. Window $(calc "$w1 - $w0" .1f) s after ${D_WARMUP} s of warm-up (and th
 stop "$MANY"
 
 # ---------------------------------------------------------------------------------------------
-# 2e. 10,000 silent ports in flight.
+# 2e. 9,000 silent ports in flight.
 log "(e) $E_PORTS silent ports in flight"
 cat >"$TMP/silent.toml" <<EOF
 [[targets]]
 name = "silent"
 host = "127.0.0.1"
 ports = ["$E_LO-$E_HI"]
-# Fixed: the row measures what 10,000 probes waiting at once cost; adaptive timing would give
+# Fixed: the row measures what 9,000 probes waiting at once cost; adaptive timing would give
 # up on them after the address's learned 100 ms + 200 ms (row g measures that).
 timing = "fixed"
 timeout = "${E_TIMEOUT}s"
@@ -1269,8 +1265,8 @@ cmd nsx iptables -A INPUT -d "$I_NET.0/24" -p tcp --syn -j DROP
     done
 } >"$TMP/silent-pairs.toml"
 CMDS+=("# silent-pairs.toml: interval ${I_INTERVAL}s, $I_ADDRS targets $I_NET.1-$I_ADDRS, ports = [\"1-$((I_PORTS - 1))\", $I_PORTS] each; no timeout or retries")
-CMDS+=("(timed from start to /-/ready 200) ip netns exec $NS $BIN --config.file silent-pairs.toml --web.listen-address $OURS_ADDR --probe.concurrency $I_CONC   # then /metrics every ${I_EVERY}s for ${I_INTERVAL}s")
-launch_timed silent-pairs "$TMP/silent-pairs.toml" $((I_INTERVAL * 2 + 60)) --probe.concurrency "$I_CONC"
+CMDS+=("(timed from start to /-/ready 200) ip netns exec $NS $BIN --config.file silent-pairs.toml --web.listen-address $OURS_ADDR --probe.concurrency $I_CONC --probe.rate $I_RATE   # then /metrics every ${I_EVERY}s for ${I_INTERVAL}s")
+launch_timed silent-pairs "$TMP/silent-pairs.toml" $((I_INTERVAL * 2 + 60)) --probe.concurrency "$I_CONC" --probe.rate "$I_RATE"
 I_READY=$L_TIME I_PID=$L_PID
 log "  first round done after $I_READY s; now one interval (${I_INTERVAL}s)"
 fetch "http://$OURS_ADDR/metrics" >"$TMP/i0.metrics" || die "(i) /metrics"
@@ -1297,11 +1293,11 @@ if [ "$I_TARGETS" = "$I_ADDRS" ] && [ "$I_UNSEEN" = 0 ] && [ "$I_LOWERED" = 0 ] 
 I_RSS_MB=$(calc "$I_RSS / 1024" .0f)
 I_P99_MS=$(ms_or "$I_P99")
 if [[ "$I_P99" == ">"* ]]; then I_LRES=FAIL; else I_LRES=$(judge "$I_P99" '<' 1); fi
-row "i. $I_PAIRS silent pairs ($I_ADDRS firewalled addresses x $I_PORTS ports, interval ${I_INTERVAL}s, --probe.concurrency $I_CONC), default timing: longest round (s)" "$I_LONG (first round $I_READY)" "none (nmap has no scheduled rounds)" "" "every round < $I_INTERVAL s" "$I_RES"
+row "i. $I_PAIRS silent pairs ($I_ADDRS firewalled addresses x $I_PORTS ports, interval ${I_INTERVAL}s, --probe.concurrency $I_CONC --probe.rate $I_RATE), default timing: longest round (s)" "$I_LONG (first round $I_READY)" "none (nmap has no scheduled rounds)" "" "every round < $I_INTERVAL s" "$I_RES"
 row "i. CPU over one interval after the first round (cores)" "$I_CORES" "none" "" "<= 0.5 core" "$(judge "$I_CORES" '<=' 0.5)"
 row "i. resident memory at the end of that interval (MB)" "$I_RSS_MB (peak $(calc "$I_HWM / 1024" .0f))" "none" "" "<= 300 MB" "$(judge "$I_RSS_MB" '<=' 300)"
 row "i. probe start lateness p99 over that interval (ms)" "$I_P99_MS" "none" "" "< 1000 ms" "$I_LRES"
-note "i. $I_NET.1-$I_ADDRS on lo; iptables: ACCEPT to ${I_OPEN[*]} (listeners bound to each address), DROP of every other SYN to $I_NET.0/24. Ours: $I_ADDRS targets, ports 1-$((I_PORTS - 1)) as a range and $I_PORTS listed, interval ${I_INTERVAL}s, the default timing, --probe.concurrency $I_CONC (with the fixed timing, 2 attempts of 2 s per silent pair, $I_PAIRS pairs take $(calc "$I_PAIRS * 4 / $DEF_CONC" .0f) s on the default $DEF_CONC slots, $(calc "$I_PAIRS * 4 / $I_CONC" .0f) s on $I_CONC; lowered by the fd limit: $([ "$I_LOWERED" = 0 ] && echo no || echo YES, see its log)), --probe.rate $DEF_RATE. First round (every target at once, at start): ready after $I_READY s. Then a window of $(calc "$w1 - $w0" .1f) s (one interval) from ready: $I_PROBES probes finished (pairs: $I_PAIRS; filtered at the end: $I_FILTERED), $I_N lateness observations, at most $I_MOST in flight in the samples. Rounds: /metrics every ${I_EVERY}s; per target, port_last_probe_timestamp_seconds of port 1 (open, the first probe of a round, answered at once: the round's start) and of port $I_PORTS (silent, the last to start and so the last to finish: the round's end); $I_TARGETS targets seen; $I_COMPLETE rounds seen from start to end, the first ones included (ready, $I_READY s, bounds those), in seconds: ${I_ROUNDS//,/ }; $I_RUNNING still running at the last sample (oldest $I_OLDEST s), $I_UNSEEN whose end was never sampled. The start is port 1's answer, so a round's wait for a slot before its first probe is not in its time. Lateness is the exporter's histogram: each probe's own wait for a slot from the moment its round reaches it (plus the round's delay past its tick), not its delay from the tick: when rounds share a saturated cap they stretch (their times above), while each probe's own wait stays short. CPU = (utime+stime) of /proc/PID/stat over the window / wall time, the ${I_EVERY}s scrapes included; VmRSS at the end of the window, peak VmHWM $I_HWM kB."
+note "i. $I_NET.1-$I_ADDRS on lo; iptables: ACCEPT to ${I_OPEN[*]} (listeners bound to each address), DROP of every other SYN to $I_NET.0/24. Ours: $I_ADDRS targets, ports 1-$((I_PORTS - 1)) as a range and $I_PORTS listed, interval ${I_INTERVAL}s, the default timing, --probe.concurrency $I_CONC (with the fixed timing, 2 attempts of 2 s per silent pair, $I_PAIRS pairs take $(calc "$I_PAIRS * 4 / $DEF_CONC" .0f) s on the default $DEF_CONC slots, $(calc "$I_PAIRS * 4 / $I_CONC" .0f) s on $I_CONC; lowered by the fd limit: $([ "$I_LOWERED" = 0 ] && echo no || echo YES, see its log)), --probe.rate $I_RATE (the pace at which $I_CONC slots of 2 x 100 ms + 200 ms per silent pair never make a probe wait). First round (every target at once, at start): ready after $I_READY s. Then a window of $(calc "$w1 - $w0" .1f) s (one interval) from ready: $I_PROBES probes finished (pairs: $I_PAIRS; filtered at the end: $I_FILTERED), $I_N lateness observations, at most $I_MOST in flight in the samples. Rounds: /metrics every ${I_EVERY}s; per target, port_last_probe_timestamp_seconds of port 1 (open, the first probe of a round, answered at once: the round's start) and of port $I_PORTS (silent, the last to start and so the last to finish: the round's end); $I_TARGETS targets seen; $I_COMPLETE rounds seen from start to end, the first ones included (ready, $I_READY s, bounds those), in seconds: ${I_ROUNDS//,/ }; $I_RUNNING still running at the last sample (oldest $I_OLDEST s), $I_UNSEEN whose end was never sampled. The start is port 1's answer, so a round's wait for a slot before its first probe is not in its time. Lateness is the exporter's histogram: the round's delay past its tick plus every wait of the round for a slot before the probe. CPU = (utime+stime) of /proc/PID/stat over the window / wall time, the ${I_EVERY}s scrapes included; VmRSS at the end of the window, peak VmHWM $I_HWM kB."
 
 # ---------------------------------------------------------------------------------------------
 # 2j. service = "auto" on open ports vs connect-only, same ports, same run.
