@@ -2,6 +2,7 @@
 //!
 //! A failed probe is data (a [`State`] and a [`Reason`]), never an `Err`.
 
+mod attempt;
 mod classify;
 mod tcp;
 pub mod timing;
