@@ -1,4 +1,6 @@
 //! Probing: what one connection attempt found out about a port, and how it is classified.
+//! TCP ([`TcpProbe`], like `nmap -sT`) and UDP ([`UdpProbe`], like `nmap -sU`) probes share
+//! the per-address timing ([`timing`]) and the classification of errnos.
 //!
 //! A failed probe is data (a [`State`] and a [`Reason`]), never an `Err`.
 
@@ -6,6 +8,7 @@ mod attempt;
 mod classify;
 mod tcp;
 pub mod timing;
+pub mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,6 +17,7 @@ use std::time::{Duration, SystemTime};
 pub use classify::classify;
 pub use tcp::TcpProbe;
 pub use timing::Timings;
+pub use udp::UdpProbe;
 
 use crate::domain::{Attempts, Reason, State};
 
@@ -22,7 +26,8 @@ use crate::domain::{Attempts, Reason, State};
 pub struct Outcome {
     pub state: State,
     pub reason: Reason,
-    /// From connect() to the answer (SYN-ACK, RST or ICMP); `None` when nothing answered.
+    /// From connect() to the answer (SYN-ACK, RST or ICMP), or for UDP from the datagram sent
+    /// to the reply or ICMP error; `None` when nothing answered.
     pub connect: Option<Duration>,
     /// When the probe finished.
     pub at: SystemTime,
