@@ -52,3 +52,33 @@ pub trait Probe: Send + Sync + 'static {
     /// [`timing`] for adaptive timing).
     fn probe(&self, addr: SocketAddr, attempts: Attempts) -> impl Future<Output = Outcome> + Send;
 }
+
+/// Settings the probes' tests share.
+#[cfg(test)]
+mod testing {
+    use std::time::Duration;
+
+    use crate::domain::{Attempts, Close, Timing};
+
+    /// Adaptive timing as configured by default: 2 s, 1 retry, 100 ms up to 15 retries.
+    pub fn adaptive() -> Attempts {
+        Attempts {
+            timing: Timing::Adaptive {
+                min_timeout: Duration::from_millis(100),
+                max_retries: 15,
+            },
+            ..fixed(Duration::from_secs(2), 1)
+        }
+    }
+
+    /// Fixed timing: `retries` more attempts of `timeout` each.
+    pub fn fixed(timeout: Duration, retries: u32) -> Attempts {
+        Attempts {
+            timeout,
+            retries,
+            timing: Timing::Fixed,
+            close: Close::Reset,
+            source: None,
+        }
+    }
+}

@@ -12,9 +12,8 @@ use nix::errno::Errno;
 use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::TcpStream;
-use tokio::time::Instant;
 
-use super::attempt::{Heard, Waiting, bind_source, finished, listen};
+use super::attempt::{Answers, Heard, Run, Waiting, bind_source, finished, listen};
 use super::classify::{classify, classify_local};
 use super::timing::Timings;
 use super::{Outcome, Probe};
@@ -70,18 +69,12 @@ type Pending = Waiting<TcpStream>;
 
 impl Probe for TcpProbe {
     async fn probe(&self, addr: SocketAddr, settings: Attempts) -> Outcome {
-        let ip = addr.ip();
-        let end = Instant::now() + settings.budget();
+        let mut run = Run::new(&self.timings, addr.ip(), &settings, Answers::Direct);
         // The previous attempt, still listening for a late answer (adaptive timing).
         let mut earlier: Option<Pending> = None;
-        let mut number = 0;
         loop {
-            number += 1;
-            if number > 1 {
-                self.timings.retransmitted(ip);
-            }
-            let plan = self.timings.plan(ip, &settings, number);
-            let started = Instant::now();
+            let (number, started) = run.start();
+            let plan = run.plan();
             let heard = match open(addr, settings.close, settings.source) {
                 Opened::Settled(answer) => Some(Heard {
                     answer,
@@ -94,16 +87,8 @@ impl Probe for TcpProbe {
                         started,
                         number,
                     };
-                    let heard = listen(
-                        &current,
-                        earlier.as_ref(),
-                        |pending| answer(pending, addr, settings.close),
-                        plan,
-                        || self.timings.plan(ip, &settings, number),
-                        &settings,
-                        end,
-                    )
-                    .await;
+                    let answer = |pending| answer(pending, addr, settings.close);
+                    let heard = listen(&current, earlier.as_ref(), answer, plan, &run).await;
                     earlier = plan.overlap.then_some(current);
                     heard
                 }
@@ -118,7 +103,7 @@ impl Probe for TcpProbe {
                             return finished(state, reason, None);
                         }
                         Attempt::SelfConnected => {
-                            if number < self.timings.tries(ip, &settings) {
+                            if run.again() {
                                 earlier = None;
                                 continue;
                             }
@@ -130,14 +115,14 @@ impl Probe for TcpProbe {
             };
             // Only silence is worth another try: any answer is the port's truth.
             if reason == Reason::NoResponse {
-                if number < self.timings.tries(ip, &settings) && Instant::now() < end {
+                if run.again() {
                     continue;
                 }
                 return finished(state, reason, None);
             }
             let connect = heard_after.filter(|_| state != State::Error);
             if let Some((answered, rtt)) = connect {
-                self.timings.answered(ip, answered, rtt);
+                run.answered(answered, rtt);
             }
             return finished(state, reason, connect.map(|(_, rtt)| rtt));
         }
@@ -247,6 +232,7 @@ fn reset_on_close(socket: &Socket) {
 mod tests {
     use super::*;
     use crate::domain::Timing;
+    use tokio::time::Instant;
 
     /// TCP states of the sockets on this machine's loopback whose either end is `port`, as
     /// /proc/net/tcp lists them (hex: 01 established, 06 time-wait, ...).

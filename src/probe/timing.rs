@@ -311,22 +311,9 @@ impl Timings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Close;
+    use crate::probe::testing::adaptive;
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-    fn adaptive() -> Attempts {
-        Attempts {
-            timeout: Duration::from_secs(2),
-            retries: 1,
-            timing: Timing::Adaptive {
-                min_timeout: Duration::from_millis(100),
-                max_retries: 15,
-            },
-            close: Close::Reset,
-            source: None,
-        }
-    }
 
     #[tokio::test]
     async fn an_address_without_answers_gets_the_configured_timeout_and_retries() {

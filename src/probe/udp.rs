@@ -58,9 +58,8 @@ use nix::sys::socket::{MsgFlags, setsockopt, sockopt};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::time::Instant;
 
-use super::attempt::{Waiting, bind_source, finished, listen};
+use super::attempt::{Answers, Run, Waiting, bind_source, finished, listen};
 use super::classify::{classify_datagram, classify_local};
 use super::timing::Timings;
 use super::{Outcome, Probe};
@@ -125,54 +124,34 @@ impl UdpProbe {
     /// Probes `addr` with `payload` (instead of the port's own request), trying again while
     /// nothing answers, as `settings` says.
     pub async fn exchange(&self, addr: SocketAddr, settings: Attempts, payload: &[u8]) -> Exchange {
-        let ip = addr.ip();
-        let end = Instant::now() + settings.budget();
+        let mut run = Run::new(&self.timings, addr.ip(), &settings, Answers::RateLimited);
         let silent = |state, reason| Exchange {
             outcome: finished(state, reason, None),
             reply: None,
         };
         // The previous attempt, still listening for a late answer (adaptive timing).
         let mut earlier: Option<Sent> = None;
-        let mut number = 0;
         loop {
-            number += 1;
-            if number > 1 {
-                self.timings.retransmitted(ip);
-            }
-            let plan = self.timings.plan_backing_off(ip, &settings, number);
-            let started = Instant::now();
+            let (number, started) = run.start();
+            let plan = run.plan();
             let socket = match open(addr, &settings, payload) {
                 Ok(socket) => socket,
                 Err(Unsent::Refused(error)) => {
                     let (state, reason) = classify_local(&error);
                     return silent(state, reason);
                 }
-                Err(Unsent::SelfConnected) => {
-                    if number < self.timings.tries_rate_limited(ip, &settings) {
-                        continue;
-                    }
-                    return silent(State::Closed, Reason::SelfConnect);
-                }
+                Err(Unsent::SelfConnected) if run.again() => continue,
+                Err(Unsent::SelfConnected) => return silent(State::Closed, Reason::SelfConnect),
             };
             let current = Sent {
                 socket,
                 started,
                 number,
             };
-            let heard = listen(
-                &current,
-                earlier.as_ref(),
-                answer,
-                plan,
-                || self.timings.plan_backing_off(ip, &settings, number),
-                &settings,
-                end,
-            )
-            .await;
+            let heard = listen(&current, earlier.as_ref(), answer, plan, &run).await;
             earlier = plan.overlap.then_some(current);
             let Some(heard) = heard else {
-                let tries = self.timings.tries_rate_limited(ip, &settings);
-                if number < tries && Instant::now() < end {
+                if run.again() {
                     continue;
                 }
                 return silent(State::OpenFiltered, Reason::NoResponse);
@@ -186,7 +165,7 @@ impl UdpProbe {
             if state == State::Error {
                 return silent(state, reason);
             }
-            self.timings.answered(ip, heard.number, rtt);
+            run.answered(heard.number, rtt);
             return Exchange {
                 outcome: finished(state, reason, Some(rtt)),
                 reply,
@@ -277,30 +256,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::domain::{Close, Timing};
-
-    fn fixed(timeout: Duration, retries: u32) -> Attempts {
-        Attempts {
-            timeout,
-            retries,
-            timing: Timing::Fixed,
-            close: Close::Reset,
-            source: None,
-        }
-    }
-
-    fn adaptive() -> Attempts {
-        Attempts {
-            timeout: Duration::from_secs(2),
-            retries: 1,
-            timing: Timing::Adaptive {
-                min_timeout: Duration::from_millis(100),
-                max_retries: 15,
-            },
-            close: Close::Reset,
-            source: None,
-        }
-    }
+    use crate::probe::testing::{adaptive, fixed};
+    use tokio::time::Instant;
 
     /// A port on 127.0.0.1 where nothing is bound: ICMP port unreachable at once.
     fn closed_port() -> SocketAddr {
