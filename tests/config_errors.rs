@@ -12,7 +12,7 @@ const FIXTURES: &str = "tests/fixtures/invalid";
 const CASES: &[(&str, &str)] = &[
     (
         "bad_expect",
-        "2:10: unknown variant `opened`, expected one of `open`, `closed`, `filtered`, `not_open`, `any`",
+        "2:10: unknown variant `opened`, expected one of `open`, `closed`, `filtered`, `open|filtered`, `not_open`, `any`",
     ),
     (
         "bad_host",

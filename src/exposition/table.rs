@@ -328,7 +328,9 @@ impl Scratch {
             match section {
                 Section::State => {
                     for r in rows {
-                        for s in State::ALL {
+                        // Every row is a TCP port until UDP targets exist (issue 14's wiring
+                        // gives UDP rows `State::UDP`).
+                        for s in State::TCP {
                             let value = if s == r.row.outcome.state { "1" } else { "0" };
                             let suffix = STATE_SUFFIXES[s as usize];
                             push_line(out, name, &arena[r.labels.clone()], suffix, value);
@@ -429,7 +431,7 @@ impl Scratch {
                                 let _ = write!(labels, "{ip}");
                             }
                             labels.push('"');
-                            for s in State::ALL {
+                            for s in State::TCP {
                                 let value = numbers.int(per_state.get(s));
                                 let suffix = STATE_SUFFIXES[s as usize];
                                 push_line(out, name, &labels, suffix, value);

@@ -120,7 +120,7 @@ pub enum Refusal {
 
 impl ProbeRequest {
     /// Parses the query string: `target=host:port` (IPv6 in brackets), optional
-    /// `expect=open|closed|filtered|not_open|any` and `debug=true`.
+    /// `expect=` (a word of [`Expect::ALL`]) and `debug=true`.
     pub fn parse(params: &[(String, String)]) -> Result<ProbeRequest, Refusal> {
         let bad = |message: String| Err(Refusal::BadRequest(message));
         let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
@@ -420,7 +420,8 @@ impl ProbeReport {
         let mut out = String::with_capacity(1024);
         PORT_STATE.write_header(&mut out, format);
         for (labels, outcome) in &series {
-            for s in State::ALL {
+            // `/probe` probes TCP only, so far.
+            for s in State::TCP {
                 let value = if s == outcome.state { "1" } else { "0" };
                 let suffix = STATE_SUFFIXES[s as usize];
                 push_line(&mut out, PORT_STATE.name, labels, suffix, value);
