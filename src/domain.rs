@@ -171,6 +171,40 @@ impl Reason {
     }
 }
 
+/// The transport a target's ports are probed over: the `protocol` label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// A full connect, like `nmap -sT`.
+    #[default]
+    Tcp,
+    /// A datagram and what answers it, like `nmap -sU`.
+    Udp,
+}
+
+impl Protocol {
+    /// The word the config and the `protocol` label use.
+    ///
+    /// ```
+    /// use port_exporter::domain::Protocol;
+    /// assert_eq!(Protocol::Udp.as_str(), "udp");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// The states a port probed over this protocol can be in, in exposition order.
+    pub fn states(self) -> &'static [State] {
+        match self {
+            Protocol::Tcp => &State::TCP,
+            Protocol::Udp => &State::UDP,
+        }
+    }
+}
+
 /// What the operator says a target's ports must look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -171,9 +171,11 @@ struct TargetSnapshot {
 
 /// A row whose series are shown.
 struct RowSnapshot {
-    /// `{target="..",host="..",<labels>,port="..",ip=".."`, without the closing brace, in the
-    /// arena.
+    /// `{target="..",host="..",<labels>,port="..",protocol="..",ip=".."`, without the closing
+    /// brace, in the arena.
     labels: Range<usize>,
+    /// The states its `port_state` series are of (TCP's or UDP's).
+    states: &'static [State],
     row: Row,
     unexpected: Option<bool>,
 }
@@ -328,9 +330,7 @@ impl Scratch {
             match section {
                 Section::State => {
                     for r in rows {
-                        // Every row is a TCP port until UDP targets exist (issue 14's wiring
-                        // gives UDP rows `State::UDP`).
-                        for s in State::TCP {
+                        for &s in r.states {
                             let value = if s == r.row.outcome.state { "1" } else { "0" };
                             let suffix = STATE_SUFFIXES[s as usize];
                             push_line(out, name, &arena[r.labels.clone()], suffix, value);
@@ -522,6 +522,8 @@ impl Snapshot {
                 arena.extend_from_within(prefix.clone());
                 arena.push_str(",port=\"");
                 arena.push_str(itoa::Buffer::new().format(key.port));
+                arena.push_str("\",protocol=\"");
+                arena.push_str(info.protocol.as_str());
                 arena.push_str("\",ip=\"");
                 match ip_texts.iter().find(|(ip, _)| *ip == key.ip) {
                     Some((_, text)) => arena.extend_from_within(text.clone()),
@@ -537,6 +539,7 @@ impl Snapshot {
                 *checked |= row.outcome.service.is_some();
                 rows.push(RowSnapshot {
                     labels: start..arena.len(),
+                    states: info.protocol.states(),
                     row: row.clone(),
                     unexpected: info.expect.is_broken_by(row.outcome.state),
                 });
@@ -585,7 +588,7 @@ mod tests {
         let rendered = render_table(&table, &[], 1, Vec::new(), 0);
         let body = with_headers(&headers(Format::Text), rendered.families());
         let text = String::from_utf8(body.concat()).unwrap();
-        let labels = r#"target="we\"ird\\",host="127.0.0.1",note="a\nb",port="7",ip="127.0.0.1""#;
+        let labels = r#"target="we\"ird\\",host="127.0.0.1",note="a\nb",port="7",protocol="tcp",ip="127.0.0.1""#;
         for line in [
             format!("port_state{{{labels},state=\"closed\"}} 1"),
             format!("port_state{{{labels},state=\"open\"}} 0"),
@@ -651,7 +654,9 @@ mod tests {
         let body = with_headers(&headers(Format::OpenMetrics), rendered.families());
         let text = String::from_utf8(body.concat()).unwrap();
         let at = |port: u16| {
-            format!(r#"target="web",host="127.0.0.1",team="a",port="{port}",ip="127.0.0.1""#)
+            format!(
+                r#"target="web",host="127.0.0.1",team="a",port="{port}",protocol="tcp",ip="127.0.0.1""#
+            )
         };
         let (https, ssh) = (at(443), at(22));
         for line in [

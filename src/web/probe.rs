@@ -412,7 +412,8 @@ impl ProbeReport {
                 push_label(&mut labels, "host", &self.request.host);
                 labels.push(',');
                 push_label(&mut labels, "port", numbers.int(self.request.port));
-                labels.push(',');
+                // `/probe` probes TCP.
+                labels.push_str(",protocol=\"tcp\",");
                 push_label(&mut labels, "ip", &ip);
                 (labels, outcome)
             })
@@ -604,7 +605,7 @@ mod tests {
         }
         seen.dedup();
         assert_eq!(seen, families.map(|f| f.name));
-        let connect = "port=\"22\",ip=\"127.0.0.1\"} 0.00025\n";
+        let connect = "port=\"22\",protocol=\"tcp\",ip=\"127.0.0.1\"} 0.00025\n";
         assert!(
             probe.contains(&format!("{{host=\"localhost\",{connect}")),
             "{probe}"
