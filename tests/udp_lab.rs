@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::netns::{Netns, Process, lab_available, nmap_scan};
-use common::{have, skip};
+use common::netns::{EXPORTER_ADDR, Netns, Process, lab_available, nmap_scan, start_exporter_in};
+use common::{have, parse_samples, skip, state_of, value};
 use port_exporter::domain::{Attempts, Close, Reason, State, Timing};
 use port_exporter::probe::{Outcome, Probe, UdpProbe};
 
@@ -288,4 +288,79 @@ fn rate_limited_closed_ports_read_closed_given_time() {
         "no error was withheld: the test proved nothing"
     );
     println!("20 rate-limited closed ports read closed in {took:?}; {withheld} errors withheld");
+}
+
+/// The exporter itself, with a `protocol = "udp"` target, against the same servers and rules:
+/// every round its `port_state` (labelled `protocol="udp"`) agrees with `nmap -sU`, and a TCP
+/// target on the same host and port number (dnsmasq's DNS over TCP) keeps series of its own.
+#[test]
+fn an_exporter_with_a_udp_target_reads_what_nmap_reads_round_after_round() {
+    if !lab_available() || !servers_available() {
+        return;
+    }
+    let ns = Netns::create("udpx");
+    let dir = tempfile::tempdir().unwrap();
+    let _servers = start_servers(&ns, dir.path());
+    ns.iptables("-A INPUT -p udp --dport 7001 -j DROP");
+    ns.iptables("-A INPUT -p udp --dport 7002 -j REJECT --reject-with icmp-admin-prohibited");
+    let ports: [u16; 6] = [53, 123, 161, 7000, 7001, 7002];
+    let expected = [
+        "open",
+        "open",
+        "open",
+        "closed",
+        "open|filtered",
+        "filtered",
+    ];
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    let config = format!(
+        "[defaults]\ninterval = \"3s\"\ntimeout = \"1s\"\n\n\
+         [[targets]]\nname = \"udp\"\nhost = \"127.0.0.1\"\nprotocol = \"udp\"\nports = [{}]\n\n\
+         [[targets]]\nname = \"dns-tcp\"\nhost = \"127.0.0.1\"\nports = [53]\n",
+        list.join(", ")
+    );
+    let exporter = start_exporter_in(&ns, dir.path(), &config, Duration::from_secs(20));
+    let nmap = nmap_scan(
+        &ns,
+        &["-sU", "-Pn", "-n", "-p", &list.join(","), "127.0.0.1"],
+    );
+    let mut last_probe = BTreeMap::new();
+    for round in 1..=3 {
+        if round > 1 {
+            std::thread::sleep(Duration::from_millis(3_200));
+        }
+        let text = ns.get(EXPORTER_ADDR, "/metrics").text();
+        let samples = parse_samples(&text);
+        for (port, want) in ports.iter().zip(expected) {
+            let port_label = port.to_string();
+            let labels = [
+                ("target", "udp"),
+                ("port", port_label.as_str()),
+                ("protocol", "udp"),
+                ("ip", "127.0.0.1"),
+            ];
+            let state = state_of(&samples, &labels);
+            let nmap_state = nmap.listed.get(port).map(String::as_str);
+            assert_eq!(
+                (state.as_str(), Some(state.as_str())),
+                (want, nmap_state),
+                "round {round}, port {port}: nmap -sU says {nmap_state:?}; log:\n{}",
+                exporter.log()
+            );
+            let at = value(&samples, "port_last_probe_timestamp_seconds", &labels);
+            if let Some(before) = last_probe.insert(*port, at) {
+                assert!(at > before, "round {round}, port {port}: not probed again");
+            }
+        }
+        // UDP series carry the open|filtered state; TCP's do not.
+        let udp_states = common::find(
+            &samples,
+            "port_state",
+            &[("target", "udp"), ("port", "7000")],
+        );
+        assert_eq!(udp_states.len(), 5, "{udp_states:?}");
+        let tcp = [("target", "dns-tcp"), ("port", "53"), ("protocol", "tcp")];
+        assert_eq!(state_of(&samples, &tcp), "open");
+        assert_eq!(common::find(&samples, "port_state", &tcp).len(), 4);
+    }
 }

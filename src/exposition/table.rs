@@ -607,6 +607,66 @@ mod tests {
     }
 
     #[test]
+    fn udp_and_tcp_rows_of_one_port_number_are_told_apart_by_protocol_and_states() {
+        let config = Config::parse(
+            "[[targets]]\nname = \"u\"\nhost = \"127.0.0.1\"\nports = [53]\nprotocol = \"udp\"\n\
+             [[targets]]\nname = \"t\"\nhost = \"127.0.0.1\"\nports = [53]\n",
+            "t",
+        )
+        .unwrap();
+        let table = StateTable::new();
+        table.set_targets(&config.targets);
+        let ip = Some("127.0.0.1".parse().unwrap());
+        let silent = Outcome {
+            state: State::OpenFiltered,
+            reason: Reason::NoResponse,
+            connect: None,
+            at: SystemTime::UNIX_EPOCH,
+            service: None,
+        };
+        let refused = Outcome {
+            state: State::Closed,
+            reason: Reason::ConnRefused,
+            ..silent.clone()
+        };
+        table.record("u", RowKey { port: 53, ip }, silent);
+        table.record("t", RowKey { port: 53, ip }, refused);
+        let rendered = render_table(&table, &[], 1, Vec::new(), 0);
+        let body = with_headers(&headers(Format::Text), rendered.families());
+        let text = String::from_utf8(body.concat()).unwrap();
+        let states = |target: &str, protocol: &str| -> Vec<String> {
+            let prefix = format!(
+                r#"port_state{{target="{target}",host="127.0.0.1",port="53",protocol="{protocol}",ip="127.0.0.1",state="#
+            );
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            states("u", "udp"),
+            [
+                r#""open"} 0"#,
+                r#""closed"} 0"#,
+                r#""filtered"} 0"#,
+                r#""open|filtered"} 1"#,
+                r#""error"} 0"#
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            states("t", "tcp"),
+            [
+                r#""open"} 0"#,
+                r#""closed"} 1"#,
+                r#""filtered"} 0"#,
+                r#""error"} 0"#
+            ],
+            "{text}"
+        );
+    }
+
+    #[test]
     fn a_service_finding_is_written_as_its_families_and_a_row_without_one_writes_none() {
         use crate::domain::{Service, TlsMode};
         use crate::probe::service::TlsFinding;
