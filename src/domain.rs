@@ -11,30 +11,50 @@ use std::net::IpAddr;
 use std::str::FromStr;
 use std::time::Duration;
 
-/// A port's state, as nmap's connect scan names it, plus `Error` for "we could not tell".
+/// A port's state, as nmap's connect (`-sT`) and UDP (`-sU`) scans name it, plus `Error` for
+/// "we could not tell".
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum State {
     Open,
     Closed,
     Filtered,
+    /// UDP only: nothing answered, so a service that ignored the probe and a firewall that
+    /// dropped it cannot be told apart (`open|filtered`, nmap's word).
+    OpenFiltered,
     Error,
 }
 
 impl State {
-    /// Every state, in the order the state-set series are written.
-    pub const ALL: [State; 4] = [State::Open, State::Closed, State::Filtered, State::Error];
+    /// Every state, in the order the state-set series are written; indexed by `state as usize`
+    /// (see [`StateCounts`]).
+    pub const ALL: [State; 5] = [
+        State::Open,
+        State::Closed,
+        State::Filtered,
+        State::OpenFiltered,
+        State::Error,
+    ];
+
+    /// The states a TCP probe can find, in [`State::ALL`] order: the state set of a TCP
+    /// port's series. A connect is always answered or timed out, so never `open|filtered`.
+    pub const TCP: [State; 4] = [State::Open, State::Closed, State::Filtered, State::Error];
+
+    /// The states a UDP probe can find: the state set of a UDP port's series.
+    pub const UDP: [State; 5] = State::ALL;
 
     /// The `state` label value.
     ///
     /// ```
     /// use port_exporter::domain::State;
     /// assert_eq!(State::Filtered.as_str(), "filtered");
+    /// assert_eq!(State::OpenFiltered.as_str(), "open|filtered");
     /// ```
     pub fn as_str(self) -> &'static str {
         match self {
             State::Open => "open",
             State::Closed => "closed",
             State::Filtered => "filtered",
+            State::OpenFiltered => "open|filtered",
             State::Error => "error",
         }
     }
@@ -73,6 +93,10 @@ impl StateCounts {
 pub enum Reason {
     SynAck,
     ConnRefused,
+    /// A UDP datagram came back from the port.
+    UdpResponse,
+    /// ICMP port unreachable, to a UDP probe.
+    PortUnreach,
     NoResponse,
     HostUnreach,
     NetUnreach,
@@ -118,6 +142,8 @@ impl Reason {
         Cow::Borrowed(match self {
             Reason::SynAck => "syn-ack",
             Reason::ConnRefused => "conn-refused",
+            Reason::UdpResponse => "udp-response",
+            Reason::PortUnreach => "port-unreach",
             Reason::NoResponse => "no-response",
             Reason::HostUnreach => "host-unreach",
             Reason::NetUnreach => "net-unreach",
@@ -145,6 +171,40 @@ impl Reason {
     }
 }
 
+/// The transport a target's ports are probed over: the `protocol` label.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    /// A full connect, like `nmap -sT`.
+    #[default]
+    Tcp,
+    /// A datagram and what answers it, like `nmap -sU`.
+    Udp,
+}
+
+impl Protocol {
+    /// The word the config and the `protocol` label use.
+    ///
+    /// ```
+    /// use port_exporter::domain::Protocol;
+    /// assert_eq!(Protocol::Udp.as_str(), "udp");
+    /// ```
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// The states a port probed over this protocol can be in, in exposition order.
+    pub fn states(self) -> &'static [State] {
+        match self {
+            Protocol::Tcp => &State::TCP,
+            Protocol::Udp => &State::UDP,
+        }
+    }
+}
+
 /// What the operator says a target's ports must look like.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -152,16 +212,20 @@ pub enum Expect {
     Open,
     Closed,
     Filtered,
+    /// UDP's silence: met only by `open|filtered` (a TCP port never is).
+    #[serde(rename = "open|filtered")]
+    OpenFiltered,
     NotOpen,
     Any,
 }
 
 impl Expect {
     /// Every expectation, in the order messages list them.
-    pub const ALL: [Expect; 5] = [
+    pub const ALL: [Expect; 6] = [
         Expect::Open,
         Expect::Closed,
         Expect::Filtered,
+        Expect::OpenFiltered,
         Expect::NotOpen,
         Expect::Any,
     ];
@@ -172,6 +236,7 @@ impl Expect {
             Expect::Open => "open",
             Expect::Closed => "closed",
             Expect::Filtered => "filtered",
+            Expect::OpenFiltered => "open|filtered",
             Expect::NotOpen => "not_open",
             Expect::Any => "any",
         }
@@ -180,12 +245,15 @@ impl Expect {
     /// Whether `state` breaks this expectation; `None` when there is nothing to break (`any`).
     ///
     /// An `error` state says nothing about the port, so it never breaks an expectation: probe
-    /// errors have their own series and alert.
+    /// errors have their own series and alert. `not_open` takes UDP's `open|filtered` (nothing
+    /// answered); `filtered` does not (a firewall's silence and an ignoring service look alike,
+    /// so only `open|filtered` itself or `not_open` can expect it).
     ///
     /// ```
     /// use port_exporter::domain::{Expect, State};
     /// assert_eq!(Expect::NotOpen.is_broken_by(State::Open), Some(true));
     /// assert_eq!(Expect::NotOpen.is_broken_by(State::Filtered), Some(false));
+    /// assert_eq!(Expect::NotOpen.is_broken_by(State::OpenFiltered), Some(false));
     /// assert_eq!(Expect::Open.is_broken_by(State::Error), Some(false));
     /// assert_eq!(Expect::Any.is_broken_by(State::Closed), None);
     /// ```
@@ -195,6 +263,7 @@ impl Expect {
             Expect::Open => state == State::Open,
             Expect::Closed => state == State::Closed,
             Expect::Filtered => state == State::Filtered,
+            Expect::OpenFiltered => state == State::OpenFiltered,
             Expect::NotOpen => state != State::Open,
         };
         Some(state != State::Error && !allowed)
@@ -209,7 +278,7 @@ impl Expect {
 
 /// An expectation word that is none of [`Expect::ALL`].
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
-#[error("expect {0:?}: expected one of open, closed, filtered, not_open, any")]
+#[error("expect {0:?}: expected one of open, closed, filtered, open|filtered, not_open, any")]
 pub struct UnknownExpect(pub String);
 
 impl FromStr for Expect {
@@ -410,6 +479,41 @@ mod tests {
     }
 
     #[test]
+    fn udp_words_are_nmaps() {
+        assert_eq!(State::OpenFiltered.as_str(), "open|filtered");
+        assert_eq!(Reason::UdpResponse.as_str(), "udp-response");
+        assert_eq!(Reason::PortUnreach.as_str(), "port-unreach");
+        assert_eq!("open|filtered".parse(), Ok(Expect::OpenFiltered));
+    }
+
+    #[test]
+    fn state_sets_follow_all_and_index_it() {
+        for (i, state) in State::ALL.into_iter().enumerate() {
+            assert_eq!(state as usize, i, "{state:?}");
+        }
+        assert!(!State::TCP.contains(&State::OpenFiltered));
+        let in_all_order: Vec<State> = State::ALL
+            .into_iter()
+            .filter(|s| State::TCP.contains(s))
+            .collect();
+        assert_eq!(in_all_order, State::TCP);
+        let mut counts = StateCounts::default();
+        counts.add(State::OpenFiltered);
+        assert_eq!(counts.get(State::OpenFiltered), 1);
+        assert_eq!(counts.get(State::Error), 0);
+    }
+
+    #[test]
+    fn the_config_word_for_open_filtered_is_nmaps() {
+        #[derive(serde::Deserialize)]
+        struct Doc {
+            expect: Expect,
+        }
+        let doc: Doc = toml::from_str("expect = \"open|filtered\"").unwrap();
+        assert_eq!(doc.expect, Expect::OpenFiltered);
+    }
+
+    #[test]
     fn expectations() {
         use State::*;
         let table = [
@@ -421,6 +525,14 @@ mod tests {
             (Expect::NotOpen, Closed, Some(false)),
             (Expect::NotOpen, Filtered, Some(false)),
             (Expect::NotOpen, Open, Some(true)),
+            (Expect::NotOpen, OpenFiltered, Some(false)),
+            (Expect::OpenFiltered, OpenFiltered, Some(false)),
+            (Expect::OpenFiltered, Open, Some(true)),
+            (Expect::OpenFiltered, Filtered, Some(true)),
+            (Expect::Filtered, OpenFiltered, Some(true)),
+            (Expect::Open, OpenFiltered, Some(true)),
+            (Expect::Closed, OpenFiltered, Some(true)),
+            (Expect::OpenFiltered, Error, Some(false)),
             (Expect::Open, Error, Some(false)),
             (Expect::Any, Open, None),
         ];

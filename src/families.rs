@@ -39,21 +39,21 @@ pub struct Family {
 /// query and dashboard written against `state`. So both formats write the same gauge.
 pub const PORT_STATE: Family = Family {
     name: "port_state",
-    help: "Port state as a state set: 1 for the current state (open, closed, filtered, error), 0 for the others.",
+    help: "Port state as a state set: 1 for the current state (open, closed, filtered, error; a UDP port also open|filtered), 0 for the others.",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip", "state"],
+    labels: &["host", "port", "protocol", "ip", "state"],
 };
 pub const PORT_STATE_REASON: Family = Family {
     name: "port_state_reason",
     help: "The reason behind the current port state, in nmap's words (syn-ack, conn-refused, no-response, ...).",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip", "reason"],
+    labels: &["host", "port", "protocol", "ip", "reason"],
 };
 pub const PORT_CONNECT_DURATION: Family = Family {
     name: "port_connect_duration_seconds",
     help: "Time from connect() to the answer (SYN-ACK, RST or ICMP) on the last probe; absent when nothing answered.",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
+    labels: &["host", "port", "protocol", "ip"],
 };
 pub const PORT_DNS_LOOKUP_DURATION: Family = Family {
     name: "port_dns_lookup_duration_seconds",
@@ -65,25 +65,25 @@ pub const PORT_STATE_UNEXPECTED: Family = Family {
     name: "port_state_unexpected",
     help: "1 when the port state breaks the target's expectation, else 0; absent when any state is expected.",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
+    labels: &["host", "port", "protocol", "ip"],
 };
 pub const PORT_STATE_CHANGES: Family = Family {
     name: "port_state_changes_total",
     help: "Port state changes seen since the series appeared.",
     kind: Kind::Counter,
-    labels: &["host", "port", "ip"],
+    labels: &["host", "port", "protocol", "ip"],
 };
 pub const PORT_STATE_LAST_CHANGE: Family = Family {
     name: "port_state_last_change_timestamp_seconds",
     help: "Unix time of the last port state change (or of the first probe).",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
+    labels: &["host", "port", "protocol", "ip"],
 };
 pub const PORT_LAST_PROBE: Family = Family {
     name: "port_last_probe_timestamp_seconds",
     help: "Unix time the last probe of the port finished.",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
+    labels: &["host", "port", "protocol", "ip"],
 };
 pub const PORT_TARGET_PORTS: Family = Family {
     name: "port_target_ports",
@@ -99,37 +99,39 @@ pub const PORT_SERVICE_INFO: Family = Family {
     name: "port_service_info",
     help: "1 for the service found on the last probe of an open port (nmap's names; unknown when nothing matched), with TLS beside it (none, implicit, starttls) and the version it announces, where short.",
     kind: Kind::Info,
-    labels: &["host", "port", "ip", "service", "tls", "version"],
+    labels: &[
+        "host", "port", "protocol", "ip", "service", "tls", "version",
+    ],
 };
 pub const PORT_SERVICE_UNEXPECTED: Family = Family {
     name: "port_service_unexpected",
     help: "1 when the service found breaks the target's service = \"<name>\" (or its query failed), else 0; absent when no service is expected.",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
+    labels: &["host", "port", "protocol", "ip"],
 };
 pub const PORT_SERVICE_REASON: Family = Family {
     name: "port_service_reason",
     help: "Why the service check ended (matched, banner-mismatch, no-banner, tls-handshake-failed, timeout, closed-by-peer, ...).",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip", "reason"],
+    labels: &["host", "port", "protocol", "ip", "reason"],
 };
 pub const PORT_TLS_CERT_EXPIRY: Family = Family {
     name: "port_tls_cert_expiry_timestamp_seconds",
     help: "Unix time of the earliest notAfter in the certificate chain the server sent, whether it verifies or not.",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
+    labels: &["host", "port", "protocol", "ip"],
 };
 pub const PORT_TLS_VERSION_INFO: Family = Family {
     name: "port_tls_version_info",
     help: "1, labelled with the TLS version the handshake agreed on (TLS 1.2, TLS 1.3).",
     kind: Kind::Info,
-    labels: &["host", "port", "ip", "version"],
+    labels: &["host", "port", "protocol", "ip", "version"],
 };
 pub const PORT_TLS_CERT_VERIFIED: Family = Family {
     name: "port_tls_cert_verified",
     help: "1 when the chain verifies against the roots (ca_file, else the system's) for the server name now, else 0; absent under insecure_skip_verify.",
     kind: Kind::Gauge,
-    labels: &["host", "port", "ip"],
+    labels: &["host", "port", "protocol", "ip"],
 };
 
 // `/probe`'s own families, as blackbox_exporter names them.

@@ -11,8 +11,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::Target;
-use crate::domain::Expect;
 use crate::domain::State;
+use crate::domain::{Expect, Protocol};
 use crate::probe::Outcome;
 
 /// What the table knows about a target apart from its rows: the labels of its series.
@@ -21,6 +21,8 @@ pub struct TargetInfo {
     pub name: String,
     pub host: String,
     pub expect: Expect,
+    /// TCP or UDP: the `protocol` label of every per-port series.
+    pub protocol: Protocol,
     pub labels: Vec<(String, String)>,
     /// Ports listed one by one, sorted: their series always exist.
     pub listed: Vec<u16>,
@@ -46,6 +48,7 @@ impl From<&Target> for TargetInfo {
             name: target.name.clone(),
             host: target.host.clone(),
             expect: target.expect,
+            protocol: target.protocol,
             labels: target.labels.clone(),
             listed: target.listed.clone(),
             ports: target.ports.clone(),
@@ -143,7 +146,8 @@ impl StateTable {
                     rows: BTreeMap::new(),
                     addresses: Addresses::of_host(&target.host),
                 });
-            if entry.info.host != target.host {
+            // Another host, or another protocol: the rows are of other ports.
+            if entry.info.host != target.host || entry.info.protocol != target.protocol {
                 entry.rows.clear();
                 entry.dns_lookup = None;
                 entry.addresses = Addresses::of_host(&target.host);

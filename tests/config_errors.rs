@@ -12,7 +12,11 @@ const FIXTURES: &str = "tests/fixtures/invalid";
 const CASES: &[(&str, &str)] = &[
     (
         "bad_expect",
-        "2:10: unknown variant `opened`, expected one of `open`, `closed`, `filtered`, `not_open`, `any`",
+        "2:10: unknown variant `opened`, expected one of `open`, `closed`, `filtered`, `open|filtered`, `not_open`, `any`",
+    ),
+    (
+        "bad_protocol",
+        "4:12: unknown variant `sctp`, expected `tcp` or `udp`",
     ),
     (
         "bad_host",
@@ -38,6 +42,10 @@ const CASES: &[(&str, &str)] = &[
     (
         "exclude_not_in_ports",
         "4:16: exclude: port 200 is not in ports (or excluded twice)",
+    ),
+    (
+        "open_filtered_on_tcp",
+        "1:1: target \"127.0.0.1\": expect \"open|filtered\" is a UDP state: only for protocol = \"udp\"",
     ),
     (
         "probe_bad_prefix",
@@ -119,12 +127,16 @@ const CASES: &[(&str, &str)] = &[
         "2:15: max_retries 50 too high: expected 0 to 20",
     ),
     (
+        "udp_service_check",
+        "5:11: target \"127.0.0.1\": service, tls and query are TCP service checks: not for protocol = \"udp\"",
+    ),
+    (
         "unknown_defaults_field",
-        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `expect`, `close`, `ip_protocol`, `source_address`, `service`, `tls`, `query`",
+        "3:1: unknown field `colour`, expected one of `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `expect`, `close`, `ip_protocol`, `protocol`, `source_address`, `service`, `tls`, `query`",
     ),
     (
         "unknown_field",
-        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `close`, `ip_protocol`, `source_address`, `service`, `tls`, `query`",
+        "4:1: unknown field `prots`, expected one of `name`, `host`, `ports`, `exclude`, `expect`, `labels`, `interval`, `timeout`, `retries`, `timing`, `min_timeout`, `max_retries`, `close`, `ip_protocol`, `protocol`, `source_address`, `service`, `tls`, `query`",
     ),
     (
         "unknown_timing",

@@ -120,7 +120,10 @@ fn check_invariants(config: &Config) -> Result<(), TestCaseError> {
         }
         for (name, _) in &t.labels {
             prop_assert!(
-                !["target", "host", "port", "ip", "state", "reason"].contains(&name.as_str())
+                ![
+                    "target", "host", "port", "protocol", "ip", "state", "reason"
+                ]
+                .contains(&name.as_str())
             );
             prop_assert!(!name.starts_with("__"));
         }
@@ -462,7 +465,10 @@ fn labels_strategy() -> impl Strategy<Value = Vec<(String, String)>> {
     prop::collection::btree_map("[a-zA-Z][a-zA-Z0-9_]{0,10}", "\\PC{0,10}", 0..4).prop_map(|m| {
         m.into_iter()
             .filter(|(k, _)| {
-                !["target", "host", "port", "ip", "state", "reason"].contains(&k.as_str())
+                ![
+                    "target", "host", "port", "protocol", "ip", "state", "reason",
+                ]
+                .contains(&k.as_str())
             })
             .collect()
     })

@@ -199,7 +199,7 @@ fn dashboard_has_the_documented_panels() {
 
 #[test]
 fn state_timeline_maps_the_recording_rule_codes() {
-    // port:port_state:code is 1 open, 2 closed, 3 filtered, 4 error.
+    // port:port_state:code is 1 open, 2 closed, 3 filtered, 4 error, 5 open|filtered (UDP).
     let dashboard = dashboard();
     let timeline = panels(&dashboard)
         .into_iter()
@@ -218,12 +218,13 @@ fn state_timeline_maps_the_recording_rule_codes() {
         ("2", "closed", "blue"),
         ("3", "filtered", "orange"),
         ("4", "error", "red"),
+        ("5", "open|filtered", "purple"),
     ] {
         assert_eq!(options[code]["text"], state, "mapping of {code}");
         assert_eq!(options[code]["color"], color, "colour of {state}");
     }
     assert!(
-        timeline["targets"][0]["legendFormat"] == "{{host}}:{{port}} {{ip}}",
+        timeline["targets"][0]["legendFormat"] == "{{host}}:{{port}}/{{protocol}} {{ip}}",
         "legend {}",
         timeline["targets"][0]["legendFormat"]
     );

@@ -31,7 +31,7 @@ pub use address::IpProtocol;
 pub use allow::AllowList;
 pub use service::{ServiceCheck, ServiceDefaults, ServiceExpect};
 
-use crate::domain::{Attempts, Close, Expect, Timing};
+use crate::domain::{Attempts, Close, Expect, Protocol, Timing};
 use raw::RawConfig;
 
 /// The config used when no `--config.file` is given: localhost on the common server ports.
@@ -48,6 +48,8 @@ pub struct Defaults {
     pub close: Close,
     /// Which addresses of a name are probed (for `/probe` too).
     pub ip_protocol: IpProtocol,
+    /// The transport probed: TCP unless set.
+    pub protocol: Protocol,
     /// The local address probes bind to before they connect (for `/probe` too).
     pub source_address: Option<IpAddr>,
     /// `service`, `query` and the `tls` table; none of them by default: connect only.
@@ -76,6 +78,7 @@ impl Default for Defaults {
             expect: Expect::Any,
             close: Close::Reset,
             ip_protocol: IpProtocol::Both,
+            protocol: Protocol::Tcp,
             source_address: None,
             service: ServiceDefaults::default(),
         }
@@ -107,6 +110,8 @@ pub struct Target {
     /// range port has series only when it is open or breaks the expectation. Sorted.
     pub listed: Vec<u16>,
     pub expect: Expect,
+    /// TCP or UDP: which probe, and the `protocol` label.
+    pub protocol: Protocol,
     /// Extra labels for every series of this target, sorted by name.
     pub labels: Vec<(String, String)>,
     pub interval: Duration,
@@ -289,6 +294,25 @@ mod tests {
             (t.interval, t.timeout, t.retries, t.expect),
             (d.interval, d.timeout, d.retries, d.expect)
         );
+    }
+
+    #[test]
+    fn protocol_is_tcp_unless_set_and_udp_targets_take_open_filtered_but_no_service_check() {
+        let text = "[defaults]\nprotocol = \"udp\"\nexpect = \"open|filtered\"\nservice = \"auto\"\n\
+                    [[targets]]\nhost = \"a\"\nports = [161]\n\
+                    [[targets]]\nhost = \"b\"\nports = [22]\nprotocol = \"tcp\"\nexpect = \"open\"\n";
+        let config = Config::parse(text, "t").unwrap();
+        let (udp, tcp) = (&config.targets[0], &config.targets[1]);
+        assert_eq!(
+            (udp.protocol, udp.expect),
+            (Protocol::Udp, Expect::OpenFiltered)
+        );
+        // [defaults]' service check is for the TCP targets.
+        assert!(udp.service.is_none());
+        assert_eq!(tcp.protocol, Protocol::Tcp);
+        assert!(tcp.service.is_some());
+        let plain = Config::parse("[[targets]]\nhost = \"h\"\nports = [1]\n", "t").unwrap();
+        assert_eq!(plain.targets[0].protocol, Protocol::Tcp);
     }
 
     #[test]

@@ -17,10 +17,12 @@ use super::host::validate_host;
 use super::ports::{RawPorts, validate_ports};
 use super::service::{RawQuery, RawTls, ServiceKeys};
 use super::{Config, DEFAULT_MAX_RETRIES, DEFAULT_MIN_TIMEOUT, Defaults, Invalid, Target, invalid};
-use crate::domain::{Attempts, Close, Expect, Timing};
+use crate::domain::{Attempts, Close, Expect, Protocol, Timing};
 
 /// Label names the exporter sets itself; a target's `labels` may not reuse them.
-const RESERVED_LABELS: [&str; 6] = ["target", "host", "port", "ip", "state", "reason"];
+const RESERVED_LABELS: [&str; 7] = [
+    "target", "host", "port", "protocol", "ip", "state", "reason",
+];
 
 /// Upper bound for `retries`: more attempts only delay the verdict on a silent port.
 const MAX_RETRIES: u32 = 10;
@@ -58,6 +60,7 @@ struct RawDefaults {
     expect: Option<Expect>,
     close: Option<Close>,
     ip_protocol: Option<Spanned<IpProtocol>>,
+    protocol: Option<Protocol>,
     source_address: Option<Spanned<String>>,
     service: Option<Spanned<String>>,
     tls: Option<RawTls>,
@@ -88,6 +91,7 @@ struct RawTarget {
     max_retries: Option<Spanned<u32>>,
     close: Option<Close>,
     ip_protocol: Option<Spanned<IpProtocol>>,
+    protocol: Option<Protocol>,
     source_address: Option<Spanned<String>>,
     service: Option<Spanned<String>>,
     tls: Option<RawTls>,
@@ -110,6 +114,7 @@ impl RawConfig {
             expect: d.expect.unwrap_or(builtin.expect),
             close: d.close.unwrap_or(builtin.close),
             ip_protocol,
+            protocol: d.protocol.unwrap_or(builtin.protocol),
             source_address,
             service: ServiceKeys {
                 service: &d.service,
@@ -193,12 +198,42 @@ impl RawTarget {
             timeout,
             defaults.timing,
         )?;
-        let service = ServiceKeys {
-            service: &self.service,
-            tls: &self.tls,
-            query: &self.query,
+        let protocol = self.protocol.unwrap_or(defaults.protocol);
+        let expect = self.expect.unwrap_or(defaults.expect);
+        if expect == Expect::OpenFiltered && protocol != Protocol::Udp {
+            return invalid(
+                span,
+                format!(
+                    "target {name:?}: expect \"open|filtered\" is a UDP state: only for protocol = \"udp\""
+                ),
+            );
         }
-        .validate_target(&defaults.service, &host, base)?;
+        let service = match protocol {
+            Protocol::Tcp => ServiceKeys {
+                service: &self.service,
+                tls: &self.tls,
+                query: &self.query,
+            }
+            .validate_target(&defaults.service, &host, base)?,
+            Protocol::Udp => {
+                let set = [self.service.as_ref().map(Spanned::span)]
+                    .into_iter()
+                    .flatten()
+                    .next()
+                    .or(self.tls.is_some().then(|| span.clone()))
+                    .or(self.query.is_some().then(|| span.clone()));
+                if let Some(at) = set {
+                    return invalid(
+                        at,
+                        format!(
+                            "target {name:?}: service, tls and query are TCP service checks: not for protocol = \"udp\""
+                        ),
+                    );
+                }
+                // [defaults]' service checks are for the TCP targets.
+                None
+            }
+        };
         // A round must fit in its interval, or probes of one port would overlap. A service
         // check takes at most one more `timeout` after the connect.
         let close = self.close.unwrap_or(defaults.close);
@@ -242,7 +277,8 @@ impl RawTarget {
             host,
             ports,
             listed,
-            expect: self.expect.unwrap_or(defaults.expect),
+            expect,
+            protocol,
             labels,
             interval,
             timeout,

@@ -177,9 +177,11 @@ struct TargetSnapshot {
 
 /// A row whose series are shown.
 struct RowSnapshot {
-    /// `{target="..",host="..",<labels>,port="..",ip=".."`, without the closing brace, in the
-    /// arena.
+    /// `{target="..",host="..",<labels>,port="..",protocol="..",ip=".."`, without the closing
+    /// brace, in the arena.
     labels: Range<usize>,
+    /// The states its `port_state` series are of (TCP's or UDP's).
+    states: &'static [State],
     row: Row,
     unexpected: Option<bool>,
 }
@@ -334,7 +336,7 @@ impl Scratch {
             match section {
                 Section::State => {
                     for r in rows {
-                        for s in State::ALL {
+                        for &s in r.states {
                             let value = if s == r.row.outcome.state { "1" } else { "0" };
                             let suffix = STATE_SUFFIXES[s as usize];
                             push_line(out, name, &arena[r.labels.clone()], suffix, value);
@@ -407,7 +409,7 @@ impl Scratch {
                                 let _ = write!(labels, "{ip}");
                             }
                             labels.push('"');
-                            for s in State::ALL {
+                            for s in State::TCP {
                                 let value = numbers.int(per_state.get(s));
                                 let suffix = STATE_SUFFIXES[s as usize];
                                 push_line(out, name, &labels, suffix, value);
@@ -475,6 +477,8 @@ impl Snapshot {
                 arena.extend_from_within(prefix.clone());
                 arena.push_str(",port=\"");
                 arena.push_str(itoa::Buffer::new().format(key.port));
+                arena.push_str("\",protocol=\"");
+                arena.push_str(info.protocol.as_str());
                 arena.push_str("\",ip=\"");
                 match ip_texts.iter().find(|(ip, _)| *ip == key.ip) {
                     Some((_, text)) => arena.extend_from_within(text.clone()),
@@ -490,6 +494,7 @@ impl Snapshot {
                 *checked |= row.outcome.service.is_some();
                 rows.push(RowSnapshot {
                     labels: start..arena.len(),
+                    states: info.protocol.states(),
                     row: row.clone(),
                     unexpected: info.expect.is_broken_by(row.outcome.state),
                 });
@@ -538,7 +543,7 @@ mod tests {
         let rendered = render_table(&table, &[], 1, Vec::new(), 0);
         let body = with_headers(&headers(Format::Text), rendered.families());
         let text = String::from_utf8(body.concat()).unwrap();
-        let labels = r#"target="we\"ird\\",host="127.0.0.1",note="a\nb",port="7",ip="127.0.0.1""#;
+        let labels = r#"target="we\"ird\\",host="127.0.0.1",note="a\nb",port="7",protocol="tcp",ip="127.0.0.1""#;
         for line in [
             format!("port_state{{{labels},state=\"closed\"}} 1"),
             format!("port_state{{{labels},state=\"open\"}} 0"),
@@ -563,6 +568,66 @@ mod tests {
         assert_eq!(names.len(), 6);
         assert_eq!(names[0], first);
         assert_eq!(names[5], families::PORT_TLS_CERT_VERIFIED.name);
+    }
+
+    #[test]
+    fn udp_and_tcp_rows_of_one_port_number_are_told_apart_by_protocol_and_states() {
+        let config = Config::parse(
+            "[[targets]]\nname = \"u\"\nhost = \"127.0.0.1\"\nports = [53]\nprotocol = \"udp\"\n\
+             [[targets]]\nname = \"t\"\nhost = \"127.0.0.1\"\nports = [53]\n",
+            "t",
+        )
+        .unwrap();
+        let table = StateTable::new();
+        table.set_targets(&config.targets);
+        let ip = Some("127.0.0.1".parse().unwrap());
+        let silent = Outcome {
+            state: State::OpenFiltered,
+            reason: Reason::NoResponse,
+            connect: None,
+            at: SystemTime::UNIX_EPOCH,
+            service: None,
+        };
+        let refused = Outcome {
+            state: State::Closed,
+            reason: Reason::ConnRefused,
+            ..silent.clone()
+        };
+        table.record("u", RowKey { port: 53, ip }, silent);
+        table.record("t", RowKey { port: 53, ip }, refused);
+        let rendered = render_table(&table, &[], 1, Vec::new(), 0);
+        let body = with_headers(&headers(Format::Text), rendered.families());
+        let text = String::from_utf8(body.concat()).unwrap();
+        let states = |target: &str, protocol: &str| -> Vec<String> {
+            let prefix = format!(
+                r#"port_state{{target="{target}",host="127.0.0.1",port="53",protocol="{protocol}",ip="127.0.0.1",state="#
+            );
+            text.lines()
+                .filter_map(|l| l.strip_prefix(&prefix))
+                .map(str::to_string)
+                .collect()
+        };
+        assert_eq!(
+            states("u", "udp"),
+            [
+                r#""open"} 0"#,
+                r#""closed"} 0"#,
+                r#""filtered"} 0"#,
+                r#""open|filtered"} 1"#,
+                r#""error"} 0"#
+            ],
+            "{text}"
+        );
+        assert_eq!(
+            states("t", "tcp"),
+            [
+                r#""open"} 0"#,
+                r#""closed"} 1"#,
+                r#""filtered"} 0"#,
+                r#""error"} 0"#
+            ],
+            "{text}"
+        );
     }
 
     #[test]
@@ -601,7 +666,9 @@ mod tests {
         let body = with_headers(&headers(Format::OpenMetrics), rendered.families());
         let text = String::from_utf8(body.concat()).unwrap();
         let at = |port: u16| {
-            format!(r#"target="web",host="127.0.0.1",team="a",port="{port}",ip="127.0.0.1""#)
+            format!(
+                r#"target="web",host="127.0.0.1",team="a",port="{port}",protocol="tcp",ip="127.0.0.1""#
+            )
         };
         let (https, ssh) = (at(443), at(22));
         for line in [

@@ -30,6 +30,7 @@
 use bytes::BytesMut;
 use prometheus::proto::{LabelPair, Metric, MetricFamily, MetricType};
 
+use crate::domain::State;
 use crate::families::{self, Family, Kind, OWN_FAMILIES};
 use crate::probe::ServiceFinding;
 
@@ -123,12 +124,13 @@ impl Family {
     }
 }
 
-/// `,state="..."} ` per state, in `State::ALL` order: the end of a `port_state` or
-/// `port_target_ports` series, before its value.
-pub const STATE_SUFFIXES: [&str; 4] = [
+/// `,state="..."} ` per state, indexed by `state as usize` (`State::ALL` order): the end of a
+/// `port_state` or `port_target_ports` series, before its value.
+pub const STATE_SUFFIXES: [&str; State::ALL.len()] = [
     ",state=\"open\"} ",
     ",state=\"closed\"} ",
     ",state=\"filtered\"} ",
+    ",state=\"open|filtered\"} ",
     ",state=\"error\"} ",
 ];
 
@@ -462,6 +464,14 @@ impl Sample<'_> {
 mod tests {
     use super::*;
     use crate::families::BUILD_INFO;
+
+    #[test]
+    fn state_suffixes_are_indexed_by_state() {
+        for state in State::ALL {
+            let suffix = STATE_SUFFIXES[state as usize];
+            assert_eq!(suffix, format!(",state=\"{}\"}} ", state.as_str()));
+        }
+    }
     use prometheus::proto::{Quantile, Summary};
     use prometheus::{Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts};
 

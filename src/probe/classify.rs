@@ -1,4 +1,5 @@
-//! Maps a connect() result to a port state and reason, the way nmap's connect scan does.
+//! Maps a connect() result to a port state and reason, the way nmap's connect scan does, and
+//! what a connected UDP socket heard, the way nmap's UDP scan does.
 
 use std::io;
 
@@ -11,6 +12,26 @@ use crate::domain::{Reason, State};
 pub fn classify(result: &io::Result<()>) -> (State, Reason) {
     match result {
         Ok(()) => (State::Open, Reason::SynAck),
+        Err(error) => classify_error(error),
+    }
+}
+
+/// Classifies what the receive on a connected UDP socket returned: `Ok` for a datagram, else
+/// the ICMP error the kernel recorded for the socket (IP_RECVERR / IPV6_RECVERR make it record
+/// every unreachable, not only the "hard" ones). Silence is the prober's to judge, not this.
+///
+/// | ICMP | errno | state (reason) |
+/// |---|---|---|
+/// | port unreachable (3/3, v6 1/4) | ECONNREFUSED | closed (port-unreach) |
+/// | host unreachable, host or admin prohibited (3/1, 3/10, 3/13; v6 1/3) | EHOSTUNREACH | filtered (host-unreach) |
+/// | net unreachable or prohibited (3/0, 3/9; v6 1/0) | ENETUNREACH | filtered (net-unreach) |
+/// | v6 admin prohibited, policy, reject route (1/1, 1/5, 1/6) | EACCES | filtered (admin-prohibited) |
+pub fn classify_datagram(result: &io::Result<()>) -> (State, Reason) {
+    match result {
+        Ok(()) => (State::Open, Reason::UdpResponse),
+        Err(error) if error.raw_os_error() == Some(libc::ECONNREFUSED) => {
+            (State::Closed, Reason::PortUnreach)
+        }
         Err(error) => classify_error(error),
     }
 }
@@ -91,6 +112,27 @@ mod tests {
         ];
         for (errno, state, reason) in table {
             assert_eq!(classify_local(&os(errno)), (state, reason), "errno {errno}");
+        }
+    }
+
+    #[test]
+    fn udp_classification_table() {
+        use Reason::*;
+        use State::*;
+        let os = |errno| Err(io::Error::from_raw_os_error(errno));
+        let table: [(io::Result<()>, State, Reason); 8] = [
+            (Ok(()), Open, UdpResponse),
+            (os(libc::ECONNREFUSED), Closed, PortUnreach),
+            (os(libc::EHOSTUNREACH), Filtered, HostUnreach),
+            (os(libc::EHOSTDOWN), Filtered, HostUnreach),
+            (os(libc::ENETUNREACH), Filtered, NetUnreach),
+            (os(libc::EACCES), Filtered, AdminProhibited),
+            // ICMP fragmentation needed: our datagram's fault, not the port's.
+            (os(libc::EMSGSIZE), Error, Local(libc::EMSGSIZE)),
+            (os(libc::ENOBUFS), Error, Local(libc::ENOBUFS)),
+        ];
+        for (result, state, reason) in table {
+            assert_eq!(classify_datagram(&result), (state, reason), "{result:?}");
         }
     }
 

@@ -1,12 +1,16 @@
 //! Probing: what one connection attempt found out about a port, and how it is classified;
-//! on an open port, what speaks there ([`service`]).
+//! on an open TCP port, what speaks there ([`service`]). TCP ([`TcpProbe`], like `nmap -sT`)
+//! and UDP ([`UdpProbe`], like `nmap -sU`) probes share the per-address timing ([`timing`])
+//! and the classification of errnos.
 //!
 //! A failed probe is data (a [`State`] and a [`Reason`]), never an `Err`.
 
+mod attempt;
 mod classify;
 pub mod service;
 mod tcp;
 pub mod timing;
+pub mod udp;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -17,6 +21,7 @@ pub use classify::classify;
 pub use service::ServiceFinding;
 pub use tcp::TcpProbe;
 pub use timing::Timings;
+pub use udp::UdpProbe;
 
 use crate::config::ServiceCheck;
 use crate::domain::{Attempts, Reason, State};
@@ -27,7 +32,8 @@ use crate::domain::{Attempts, Reason, State};
 pub struct Outcome {
     pub state: State,
     pub reason: Reason,
-    /// From connect() to the answer (SYN-ACK, RST or ICMP); `None` when nothing answered.
+    /// From connect() to the answer (SYN-ACK, RST or ICMP), or for UDP from the datagram sent
+    /// to the reply or ICMP error; `None` when nothing answered.
     pub connect: Option<Duration>,
     /// When the probe finished.
     pub at: SystemTime,
@@ -67,5 +73,35 @@ pub trait Probe: Send + Sync + 'static {
     ) -> impl Future<Output = Outcome> + Send {
         let _ = check;
         self.probe(addr, attempts)
+    }
+}
+
+/// Settings the probes' tests share.
+#[cfg(test)]
+mod testing {
+    use std::time::Duration;
+
+    use crate::domain::{Attempts, Close, Timing};
+
+    /// Adaptive timing as configured by default: 2 s, 1 retry, 100 ms up to 15 retries.
+    pub fn adaptive() -> Attempts {
+        Attempts {
+            timing: Timing::Adaptive {
+                min_timeout: Duration::from_millis(100),
+                max_retries: 15,
+            },
+            ..fixed(Duration::from_secs(2), 1)
+        }
+    }
+
+    /// Fixed timing: `retries` more attempts of `timeout` each.
+    pub fn fixed(timeout: Duration, retries: u32) -> Attempts {
+        Attempts {
+            timeout,
+            retries,
+            timing: Timing::Fixed,
+            close: Close::Reset,
+            source: None,
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! The TCP connect probe: one non-blocking connect per attempt, closed with a reset; the
 //! attempts' timeouts and count come from [`Timings`].
 
-use std::future::pending;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -15,12 +14,13 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::TcpStream;
 use tokio::time::Instant;
 
+use super::attempt::{Answers, Heard, Run, Waiting, bind_source, finished, listen};
 use super::classify::{classify, classify_local};
 use super::service;
-use super::timing::{AttemptPlan, Timings};
+use super::timing::Timings;
 use super::{Outcome, Probe};
 use crate::config::ServiceCheck;
-use crate::domain::{Attempts, Close, Reason, State, Timing};
+use crate::domain::{Attempts, Close, Reason, State};
 
 /// Probes with a full TCP connect, like `nmap -sT`; needs no privileges.
 ///
@@ -68,19 +68,7 @@ enum Attempt {
 }
 
 /// A connect the network has not answered yet.
-struct Pending {
-    stream: TcpStream,
-    started: Instant,
-    /// Which attempt of its probe this is (1 for the first).
-    number: u32,
-}
-
-/// What one attempt heard: the answer, and which attempt it answers.
-struct Heard {
-    attempt: Attempt,
-    started: Instant,
-    number: u32,
-}
+type Pending = Waiting<TcpStream>;
 
 impl Probe for TcpProbe {
     async fn probe(&self, addr: SocketAddr, settings: Attempts) -> Outcome {
@@ -114,45 +102,38 @@ impl TcpProbe {
         addr: SocketAddr,
         settings: Attempts,
     ) -> (Outcome, Option<TcpStream>) {
-        let ip = addr.ip();
-        let end = Instant::now() + settings.budget();
+        let mut run = Run::new(&self.timings, addr.ip(), &settings, Answers::Direct);
         // The previous attempt, still listening for a late answer (adaptive timing).
         let mut earlier: Option<Pending> = None;
         let mut kept = None;
-        let mut number = 0;
         loop {
-            number += 1;
-            if number > 1 {
-                self.timings.retransmitted(ip);
-            }
-            let plan = self.timings.plan(ip, &settings, number);
-            let started = Instant::now();
+            let (number, started) = run.start();
+            let plan = run.plan();
             let heard = match open::<KEEP>(addr, settings.close, settings.source) {
-                Opened::Settled(attempt) => Some(Heard {
-                    attempt,
+                Opened::Settled(answer) => Some(Heard {
+                    answer,
                     started,
                     number,
                 }),
                 Opened::Connected(stream) => {
                     kept = Some(stream);
                     Some(Heard {
-                        attempt: Attempt::Answered(Ok(())),
+                        answer: Attempt::Answered(Ok(())),
                         started,
                         number,
                     })
                 }
-                Opened::Pending(stream) => {
+                Opened::Pending(socket) => {
                     let current = Pending {
-                        stream,
+                        socket,
                         started,
                         number,
                     };
-                    let heard = self
-                        .listen(&current, earlier.as_ref(), plan, &settings, end, addr)
-                        .await;
+                    let answer = |pending| answer(pending, addr, settings.close);
+                    let heard = listen(&current, earlier.as_ref(), answer, plan, &run).await;
                     if KEEP
                         && let Some(Heard {
-                            attempt: Attempt::Answered(Ok(())),
+                            answer: Attempt::Answered(Ok(())),
                             number: answered,
                             ..
                         }) = &heard
@@ -161,8 +142,8 @@ impl TcpProbe {
                         // The attempt that answered keeps its connection: this one, or the
                         // earlier one still listening.
                         kept = match earlier.take() {
-                            Some(earlier) if earlier.number == answered => Some(earlier.stream),
-                            _ => Some(current.stream),
+                            Some(earlier) if earlier.number == answered => Some(earlier.socket),
+                            _ => Some(current.socket),
                         };
                     } else {
                         earlier = plan.overlap.then_some(current);
@@ -173,14 +154,14 @@ impl TcpProbe {
             let (state, reason, heard_after) = match heard {
                 None => (State::Filtered, Reason::NoResponse, None),
                 Some(heard) => {
-                    let (state, reason) = match heard.attempt {
+                    let (state, reason) = match heard.answer {
                         Attempt::Answered(result) => classify(&result),
                         Attempt::RefusedLocally(error) => {
                             let (state, reason) = classify_local(&error);
                             return (finished(state, reason, None), None);
                         }
                         Attempt::SelfConnected => {
-                            if number < self.timings.tries(ip, &settings) {
+                            if run.again() {
                                 earlier = None;
                                 continue;
                             }
@@ -192,81 +173,17 @@ impl TcpProbe {
             };
             // Only silence is worth another try: any answer is the port's truth.
             if reason == Reason::NoResponse {
-                if number < self.timings.tries(ip, &settings) && Instant::now() < end {
+                if run.again() {
                     continue;
                 }
                 return (finished(state, reason, None), None);
             }
             let connect = heard_after.filter(|_| state != State::Error);
             if let Some((answered, rtt)) = connect {
-                self.timings.answered(ip, answered, rtt);
+                run.answered(answered, rtt);
             }
             return (finished(state, reason, connect.map(|(_, rtt)| rtt)), kept);
         }
-    }
-}
-
-impl TcpProbe {
-    /// Waits for `current` (or the `earlier` attempt still listening) to be answered, within
-    /// the attempt's timeout and the probe's `end`; `None` on silence.
-    ///
-    /// The timeout is looked up again when it runs out (answers of other ports may have raised
-    /// it), and every `min_timeout` while it is not learned yet (they may have lowered it).
-    async fn listen(
-        &self,
-        current: &Pending,
-        earlier: Option<&Pending>,
-        mut plan: AttemptPlan,
-        settings: &Attempts,
-        end: Instant,
-        addr: SocketAddr,
-    ) -> Option<Heard> {
-        let recheck = match settings.timing {
-            Timing::Adaptive { min_timeout, .. } => min_timeout,
-            Timing::Fixed => settings.timeout,
-        };
-        let current_answer = current.answer(addr, settings.close);
-        let earlier_answer = async {
-            match earlier {
-                Some(earlier) => (earlier.answer(addr, settings.close).await, earlier),
-                None => pending().await,
-            }
-        };
-        tokio::pin!(current_answer, earlier_answer);
-        loop {
-            let deadline = (current.started + plan.timeout).min(end);
-            let wake = if plan.learned {
-                deadline
-            } else {
-                deadline.min(Instant::now() + recheck)
-            };
-            tokio::select! {
-                biased;
-                attempt = &mut current_answer => {
-                    return Some(Heard { attempt, started: current.started, number: current.number });
-                }
-                (attempt, earlier) = &mut earlier_answer => {
-                    return Some(Heard { attempt, started: earlier.started, number: earlier.number });
-                }
-                () = tokio::time::sleep_until(wake) => {
-                    let now = Instant::now();
-                    plan = self.timings.plan(addr.ip(), settings, current.number);
-                    if now >= deadline && (current.started + plan.timeout).min(end) <= now {
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-}
-
-fn finished(state: State, reason: Reason, connect: Option<Duration>) -> Outcome {
-    Outcome {
-        state,
-        reason,
-        connect,
-        at: SystemTime::now(),
-        service: None,
     }
 }
 
@@ -353,25 +270,15 @@ async fn connect_once(
         Opened::Settled(_) => return Err(io::ErrorKind::ConnectionRefused.into()),
     };
     let pending = Pending {
-        stream,
+        socket: stream,
         started: Instant::now(),
         number: 1,
     };
-    match tokio::time::timeout_at(until, pending.answer(addr, settings.close)).await {
-        Ok(Attempt::Answered(Ok(()))) => Ok(pending.stream),
+    match tokio::time::timeout_at(until, answer(&pending, addr, settings.close)).await {
+        Ok(Attempt::Answered(Ok(()))) => Ok(pending.socket),
         Ok(Attempt::Answered(Err(error))) => Err(error),
         Ok(_) => Err(io::ErrorKind::ConnectionRefused.into()),
         Err(_) => Err(io::ErrorKind::TimedOut.into()),
-    }
-}
-
-/// Binds the socket to `source` (port 0: the kernel picks the port) before it connects, for a
-/// target with a `source_address`. A failure (EADDRNOTAVAIL: the address is not on this machine)
-/// is the prober's own, like an error of connect() itself: no packet left.
-fn bind_source(socket: &Socket, source: Option<IpAddr>) -> io::Result<()> {
-    match source {
-        Some(ip) => socket.bind(&SocketAddr::new(ip, 0).into()),
-        None => Ok(()),
     }
 }
 
@@ -387,16 +294,15 @@ fn settled(socket: &Socket) -> Option<io::Result<()>> {
     }
 }
 
-impl Pending {
-    /// Waits on the reactor until the connect is answered.
-    async fn answer(&self, addr: SocketAddr, close: Close) -> Attempt {
-        match self.stream.writable().await {
+/// Waits on the reactor until the connect is answered.
+async fn answer(pending: &Pending, addr: SocketAddr, close: Close) -> Attempt {
+    let stream = &pending.socket;
+    match stream.writable().await {
+        Err(error) => Attempt::Answered(Err(error)),
+        Ok(()) => match pending_error(SockRef::from(stream)) {
+            Ok(()) => connected(SockRef::from(stream), addr, close),
             Err(error) => Attempt::Answered(Err(error)),
-            Ok(()) => match pending_error(SockRef::from(&self.stream)) {
-                Ok(()) => connected(SockRef::from(&self.stream), addr, close),
-                Err(error) => Attempt::Answered(Err(error)),
-            },
-        }
+        },
     }
 }
 
@@ -435,6 +341,7 @@ fn reset_on_close(socket: &Socket) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Timing;
 
     /// TCP states of the sockets on this machine's loopback whose either end is `port`, as
     /// /proc/net/tcp lists them (hex: 01 established, 06 time-wait, ...).

@@ -14,6 +14,11 @@
 //!   address is known to answer (one lost answer never reads as filtered), at most
 //!   `max_retries + 1` times, and within the probe's budget `timeout x (retries + 1)`. An address that never answered gets the configured `retries`.
 //! - counts decay (halved past [`DECAY_AT`] attempts), so the rate follows a path that changes.
+//! - where the far end rate-limits its answers (UDP: ICMP errors) an address known to answer
+//!   gets all `max_retries` ([`Timings::tries_rate_limited`]), within the same budget.
+//! - a retry waits twice the learned timeout ([`Timings::plan`], TCP), or twice the retry
+//!   before it ([`Timings::plan_backing_off`], UDP: ICMP errors are rate-limited by the host
+//!   that sends them, and only waiting longer earns the next one).
 //!
 //! The table holds at most [`MAX_ADDRESSES`] addresses; past that the least recently used one
 //! is forgotten, and an address idle for [`FORGET_AFTER`] is dropped when the table is read.
@@ -188,6 +193,22 @@ impl Timings {
 
     /// How attempt `number` (1 for the first) of a probe of `ip` waits.
     pub fn plan(&self, ip: IpAddr, attempts: &Attempts, number: u32) -> AttemptPlan {
+        // A retry waits twice as long (RFC 6298's backoff, once): silence may also mean the
+        // path got slower than its samples say.
+        self.plan_scaled(ip, attempts, if number > 1 { 2 } else { 1 })
+    }
+
+    /// Like [`plan`](Timings::plan), but each retry waits twice as long as the one before (up
+    /// to `timeout`): for answers the far end rate-limits, as hosts do ICMP errors (UDP's
+    /// closed ports), where a quick retry meets the same empty token bucket and only waiting
+    /// longer can earn an answer.
+    pub fn plan_backing_off(&self, ip: IpAddr, attempts: &Attempts, number: u32) -> AttemptPlan {
+        let doublings = number.saturating_sub(1).min(16);
+        self.plan_scaled(ip, attempts, 1 << doublings)
+    }
+
+    /// An attempt's plan whose learned timeout is multiplied by `factor` (within `timeout`).
+    fn plan_scaled(&self, ip: IpAddr, attempts: &Attempts, factor: u32) -> AttemptPlan {
         let Timing::Adaptive { min_timeout, .. } = attempts.timing else {
             return AttemptPlan {
                 timeout: attempts.timeout,
@@ -197,13 +218,7 @@ impl Timings {
         };
         self.with(ip, |learned| {
             let (first, is_learned) = learned.timeout(attempts.timeout, min_timeout);
-            // A retry waits twice as long (RFC 6298's backoff, once): silence may also mean the
-            // path got slower than its samples say.
-            let timeout = if number > 1 {
-                first.saturating_mul(2).min(attempts.timeout)
-            } else {
-                first
-            };
+            let timeout = first.saturating_mul(factor).min(attempts.timeout);
             learned.timeout = first;
             AttemptPlan {
                 timeout,
@@ -222,6 +237,25 @@ impl Timings {
         };
         self.with(ip, |learned| {
             learned.retries = learned.retries(attempts.retries, max_retries);
+            learned.retries + 1
+        })
+    }
+
+    /// How many attempts a silent port of `ip` gets in all, as of now, where the far end
+    /// rate-limits its answers (UDP's ICMP errors): all of `max_retries` once the address is
+    /// known to answer, since its silence is then as likely a withheld answer as a drop, and
+    /// a token bucket's silences are not the independent losses the drop rate models. The
+    /// probe's budget still bounds them.
+    pub fn tries_rate_limited(&self, ip: IpAddr, attempts: &Attempts) -> u32 {
+        let Timing::Adaptive { max_retries, .. } = attempts.timing else {
+            return attempts.count();
+        };
+        self.with(ip, |learned| {
+            learned.retries = if learned.answers == 0 {
+                attempts.retries
+            } else {
+                max_retries
+            };
             learned.retries + 1
         })
     }
@@ -277,22 +311,9 @@ impl Timings {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::Close;
+    use crate::probe::testing::adaptive;
 
     const IP: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-    fn adaptive() -> Attempts {
-        Attempts {
-            timeout: Duration::from_secs(2),
-            retries: 1,
-            timing: Timing::Adaptive {
-                min_timeout: Duration::from_millis(100),
-                max_retries: 15,
-            },
-            close: Close::Reset,
-            source: None,
-        }
-    }
 
     #[tokio::test]
     async fn an_address_without_answers_gets_the_configured_timeout_and_retries() {
@@ -390,6 +411,52 @@ mod tests {
         }
         // 0.09^6 < 1e-6 < 0.09^5.
         assert_eq!(timings.tries(IP, &adaptive()), 6);
+    }
+
+    #[tokio::test]
+    async fn backing_off_doubles_every_retry_up_to_the_timeout() {
+        let timings = Timings::new();
+        timings.answered(IP, 1, Duration::from_micros(50));
+        let waits: Vec<u128> = (1..=7)
+            .map(|n| {
+                timings
+                    .plan_backing_off(IP, &adaptive(), n)
+                    .timeout
+                    .as_millis()
+            })
+            .collect();
+        assert_eq!(waits, [100, 200, 400, 800, 1600, 2000, 2000]);
+        let far = timings.plan_backing_off(IP, &adaptive(), u32::MAX);
+        assert_eq!(far.timeout, Duration::from_secs(2));
+        // Unlearned: the upper bound, as plan; fixed: the timeout, always.
+        let fresh = Timings::new();
+        assert_eq!(
+            fresh.plan_backing_off(IP, &adaptive(), 3),
+            fresh.plan(IP, &adaptive(), 3)
+        );
+        let fixed = Attempts {
+            timing: Timing::Fixed,
+            ..adaptive()
+        };
+        assert_eq!(
+            timings.plan_backing_off(IP, &fixed, 4).timeout,
+            Duration::from_secs(2)
+        );
+    }
+
+    #[tokio::test]
+    async fn rate_limited_answers_earn_every_retry() {
+        let timings = Timings::new();
+        assert_eq!(timings.tries_rate_limited(IP, &adaptive()), 2, "configured");
+        timings.answered(IP, 1, Duration::from_micros(50));
+        assert_eq!(timings.tries(IP, &adaptive()), 2);
+        assert_eq!(timings.tries_rate_limited(IP, &adaptive()), 16);
+        assert_eq!(timings.view()[0].retries, 15);
+        let fixed = Attempts {
+            timing: Timing::Fixed,
+            ..adaptive()
+        };
+        assert_eq!(timings.tries_rate_limited(IP, &fixed), 2);
     }
 
     #[tokio::test]

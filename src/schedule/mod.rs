@@ -29,7 +29,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, Target};
-use crate::probe::{Outcome, Probe};
+use crate::domain::Protocol;
+use crate::probe::{Outcome, Probe, UdpProbe};
 use crate::schedule::pacer::Pacer;
 use crate::schedule::resolve::Resolver;
 use crate::state::{RowKey, StateTable};
@@ -40,7 +41,11 @@ const PACER_BURST: u32 = 64;
 
 /// What every target loop shares.
 struct Shared<P> {
+    /// The probe of TCP targets.
     probe: P,
+    /// The probe of UDP targets, with a timing table of its own: the ICMP rate limit's
+    /// silences must not raise the drop rates TCP's timeouts are planned by.
+    udp: UdpProbe,
     table: Arc<StateTable>,
     metrics: ProbeMetrics,
     /// The global cap on probes in flight.
@@ -115,6 +120,7 @@ impl<P: Probe> Scheduler<P> {
         parts.table.set_targets(&config.targets);
         let shared = Arc::new(Shared {
             probe: parts.probe,
+            udp: UdpProbe::default(),
             table: parts.table,
             metrics: parts.metrics,
             slots: Arc::new(Semaphore::new(parts.max_in_flight.max(1))),
@@ -300,10 +306,15 @@ async fn run_round<P: Probe>(
             let _slot = slot;
             shared.metrics.in_flight.inc();
             let addr = SocketAddr::new(ip, port);
-            let outcome = shared
-                .probe
-                .probe_service(addr, target.attempts(), target.service.as_deref())
-                .await;
+            let outcome = match target.protocol {
+                Protocol::Tcp => {
+                    shared
+                        .probe
+                        .probe_service(addr, target.attempts(), target.service.as_deref())
+                        .await
+                }
+                Protocol::Udp => shared.udp.probe(addr, target.attempts()).await,
+            };
             shared.metrics.in_flight.dec();
             shared.metrics.count_probe(outcome.state);
             let key = RowKey { port, ip: Some(ip) };

@@ -134,10 +134,9 @@ pub enum Refusal {
 
 impl ProbeRequest {
     /// Parses the query string: `target=host:port` (IPv6 in brackets), optional
-    /// `expect=open|closed|filtered|not_open|any`, `debug=true`, and `service=` (`auto`,
-    /// `tls` or a service name) with `tls_server_name=` and
-    /// `tls_insecure_skip_verify=true|false`, read by the config's rules. No parameter names a
-    /// file: the roots are `[defaults.tls]`'.
+    /// `expect=` (a word of [`Expect::ALL`]), `debug=true`, and `service=` (`auto`, `tls` or
+    /// a service name) with `tls_server_name=` and `tls_insecure_skip_verify=true|false`, read
+    /// by the config's rules. No parameter names a file: the roots are `[defaults.tls]`'.
     pub fn parse(params: &[(String, String)]) -> Result<ProbeRequest, Refusal> {
         let bad = |message: String| Err(Refusal::BadRequest(message));
         let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
@@ -510,7 +509,8 @@ impl ProbeReport {
                 push_label(&mut labels, "host", &self.request.host);
                 labels.push(',');
                 push_label(&mut labels, "port", numbers.int(self.request.port));
-                labels.push(',');
+                // `/probe` probes TCP.
+                labels.push_str(",protocol=\"tcp\",");
                 push_label(&mut labels, "ip", &ip);
                 (labels, outcome)
             })
@@ -518,7 +518,8 @@ impl ProbeReport {
         let mut out = String::with_capacity(1024);
         PORT_STATE.write_header(&mut out, format);
         for (labels, outcome) in &series {
-            for s in State::ALL {
+            // `/probe` probes TCP only, so far.
+            for s in State::TCP {
                 let value = if s == outcome.state { "1" } else { "0" };
                 let suffix = STATE_SUFFIXES[s as usize];
                 push_line(&mut out, PORT_STATE.name, labels, suffix, value);
@@ -798,13 +799,13 @@ mod tests {
         }
         seen.dedup();
         assert_eq!(seen, families.iter().map(|f| f.name).collect::<Vec<_>>());
-        let expiry = "port_tls_cert_expiry_timestamp_seconds{host=\"localhost\",port=\"22\",ip=\"127.0.0.1\"} 1900000000\n";
+        let expiry = "port_tls_cert_expiry_timestamp_seconds{host=\"localhost\",port=\"22\",protocol=\"tcp\",ip=\"127.0.0.1\"} 1900000000\n";
         assert!(probe.contains(expiry), "{probe}");
         assert!(
-            metrics.contains(",host=\"localhost\",port=\"22\",ip=\"127.0.0.1\"} 1900000000\n"),
+            metrics.contains(",host=\"localhost\",port=\"22\",protocol=\"tcp\",ip=\"127.0.0.1\"} 1900000000\n"),
             "{metrics}"
         );
-        let connect = "port=\"22\",ip=\"127.0.0.1\"} 0.00025\n";
+        let connect = "port=\"22\",protocol=\"tcp\",ip=\"127.0.0.1\"} 0.00025\n";
         assert!(
             probe.contains(&format!("{{host=\"localhost\",{connect}")),
             "{probe}"

@@ -486,7 +486,7 @@ mod tests {
         let (status, body, content_type) = get(&web, "/probe?target=127.0.0.1:9").await;
         assert_eq!(status, StatusCode::OK, "{body}");
         assert_eq!(content_type, TEXT_CONTENT_TYPE);
-        let series = "{host=\"127.0.0.1\",port=\"9\",ip=\"127.0.0.1\"";
+        let series = "{host=\"127.0.0.1\",port=\"9\",protocol=\"tcp\",ip=\"127.0.0.1\"";
         assert!(
             body.contains(&format!("port_state{series},state=\"open\"}} 1\n")),
             "{body}"

@@ -67,7 +67,7 @@ impl Netns {
         ns
     }
 
-    /// The namespace's name (`ip netns exec NAME ...`).
+    /// The namespace's name (`ip netns exec NAME ...`, `ip link set DEV netns NAME`).
     pub fn name(&self) -> &str {
         &self.name
     }
@@ -448,7 +448,7 @@ impl NmapScan {
     }
 }
 
-/// Runs `nmap ARGS -oX -` inside `ns` and reads its XML report.
+/// Runs `nmap ARGS -oX -` inside `ns` and reads its XML report (TCP or UDP ports).
 pub fn nmap_scan(ns: &Netns, args: &[&str]) -> NmapScan {
     let argv: Vec<&str> = ["nmap"]
         .iter()
@@ -464,7 +464,7 @@ pub fn nmap_scan(ns: &Netns, args: &[&str]) -> NmapScan {
         element[start..].split('"').next().unwrap().to_string()
     };
     let listed = xml
-        .split("<port protocol=\"tcp\" ")
+        .split("<port protocol=\"")
         .skip(1)
         .map(|element| {
             let state_element = &element[element.find("<state ").unwrap()..];
