@@ -196,6 +196,19 @@ impl Protocol {
         }
     }
 
+    /// The protocol a word names, as the config and `/probe`'s `protocol=` spell it.
+    ///
+    /// ```
+    /// use port_exporter::domain::Protocol;
+    /// assert_eq!(Protocol::from_word("udp"), Some(Protocol::Udp));
+    /// assert_eq!(Protocol::from_word("UDP"), None);
+    /// ```
+    pub fn from_word(word: &str) -> Option<Protocol> {
+        [Protocol::Tcp, Protocol::Udp]
+            .into_iter()
+            .find(|p| p.as_str() == word)
+    }
+
     /// The states a port probed over this protocol can be in, in exposition order.
     pub fn states(self) -> &'static [State] {
         match self {

@@ -221,37 +221,37 @@ pub const HOST_RTT: Family = Family {
     name: "port_host_rtt_seconds",
     help: "Smoothed round-trip time of the address, from the answers to its probes (RFC 6298); absent before the first.",
     kind: Kind::Gauge,
-    labels: &["ip"],
+    labels: &["protocol", "ip"],
 };
 pub const HOST_RTT_VARIATION: Family = Family {
     name: "port_host_rtt_variation_seconds",
     help: "Smoothed variation of the address's round-trip time; the adaptive attempt timeout is rtt + 4 x variation.",
     kind: Kind::Gauge,
-    labels: &["ip"],
+    labels: &["protocol", "ip"],
 };
 pub const HOST_TIMEOUT: Family = Family {
     name: "port_host_timeout_seconds",
     help: "The attempt timeout the last probe of the address started with (its retries wait twice as long).",
     kind: Kind::Gauge,
-    labels: &["ip"],
+    labels: &["protocol", "ip"],
 };
 pub const HOST_DROP_RATIO: Family = Family {
     name: "port_host_drop_ratio",
     help: "Share of attempts that met silence on ports of the address that then answered: the evidence that silence may be loss.",
     kind: Kind::Gauge,
-    labels: &["ip"],
+    labels: &["protocol", "ip"],
 };
 pub const HOST_RETRIES: Family = Family {
     name: "port_host_retries",
     help: "Retries a silent port of the address gets now: from its drop rate while it answers, else the configured retries.",
     kind: Kind::Gauge,
-    labels: &["ip"],
+    labels: &["protocol", "ip"],
 };
 pub const HOST_RETRANSMISSIONS: Family = Family {
     name: "port_host_retransmissions_total",
-    help: "Connection attempts to the address after a probe's first: retries of silent ports.",
+    help: "Attempts (connects, or datagrams for UDP) to the address after a probe's first: retries of silent ports.",
     kind: Kind::Counter,
-    labels: &["ip"],
+    labels: &["protocol", "ip"],
 };
 
 /// The exporter's own families, as registered by `crate::telemetry`.

@@ -47,8 +47,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
+use crate::domain::Protocol;
 use crate::exposition::Metrics;
-use crate::probe::TcpProbe;
+use crate::probe::{TcpProbe, UdpProbe};
 use crate::reload::{ConfigSource, Reloader};
 use crate::schedule::resolve::Resolver;
 use crate::schedule::shard::Shard;
@@ -133,11 +134,12 @@ pub async fn run(
     let table = Arc::new(StateTable::new());
     let telemetry = Arc::new(Telemetry::new()?);
     let probe = TcpProbe::default();
-    let metrics = Arc::new(Metrics::new(
-        table.clone(),
-        probe.timings().clone(),
-        telemetry.clone(),
-    ));
+    let udp = UdpProbe::default();
+    let timings = vec![
+        (Protocol::Tcp, probe.timings().clone()),
+        (Protocol::Udp, udp.timings().clone()),
+    ];
+    let metrics = Arc::new(Metrics::new(table.clone(), timings, telemetry.clone()));
     let (ready_tx, ready) = watch::channel(false);
     let tracker = TaskTracker::new();
     let resolver = Arc::new(Resolver::new(
@@ -145,6 +147,7 @@ pub async fn run(
     ));
     let parts = SchedulerParts {
         probe,
+        udp,
         table: table.clone(),
         metrics: telemetry.probes.clone(),
         max_in_flight: options.max_in_flight,

@@ -151,6 +151,7 @@ mod tests {
         let table = Arc::new(StateTable::new());
         let parts = SchedulerParts {
             probe: Closed,
+            udp: crate::probe::UdpProbe::default(),
             table,
             metrics: telemetry.probes.clone(),
             max_in_flight: 16,

@@ -127,8 +127,12 @@ const CASES: &[(&str, &str)] = &[
         "2:15: max_retries 50 too high: expected 0 to 20",
     ),
     (
+        "udp_query_of_two_steps",
+        "5:9: query has 2 steps: a UDP query is one step (the datagram sent, the reply expected)",
+    ),
+    (
         "udp_service_check",
-        "5:11: target \"127.0.0.1\": service, tls and query are TCP service checks: not for protocol = \"udp\"",
+        "5:11: target \"127.0.0.1\": service and tls are TCP service checks: not for protocol = \"udp\" (a query of one step is)",
     ),
     (
         "unknown_defaults_field",

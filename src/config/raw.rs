@@ -5,6 +5,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 use std::ops::Range;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -15,7 +16,7 @@ use super::allow::validate_allow_list;
 use super::duration::{format_duration, parse_duration};
 use super::host::validate_host;
 use super::ports::{RawPorts, validate_ports};
-use super::service::{RawQuery, RawTls, ServiceKeys};
+use super::service::{RawQuery, RawTls, ServiceKeys, validate_udp_query};
 use super::{Config, DEFAULT_MAX_RETRIES, DEFAULT_MIN_TIMEOUT, Defaults, Invalid, Target, invalid};
 use crate::domain::{Attempts, Close, Expect, Protocol, Timing};
 
@@ -220,18 +221,20 @@ impl RawTarget {
                     .into_iter()
                     .flatten()
                     .next()
-                    .or(self.tls.is_some().then(|| span.clone()))
-                    .or(self.query.is_some().then(|| span.clone()));
+                    .or(self.tls.is_some().then(|| span.clone()));
                 if let Some(at) = set {
                     return invalid(
                         at,
                         format!(
-                            "target {name:?}: service, tls and query are TCP service checks: not for protocol = \"udp\""
+                            "target {name:?}: service and tls are TCP service checks: not for protocol = \"udp\" (a query of one step is)"
                         ),
                     );
                 }
-                // [defaults]' service checks are for the TCP targets.
-                None
+                // Its own query only: [defaults]' service checks are for the TCP targets.
+                match &self.query {
+                    Some(query) => Some(Arc::new(validate_udp_query(query)?)),
+                    None => None,
+                }
             }
         };
         // A round must fit in its interval, or probes of one port would overlap. A service
@@ -245,9 +248,12 @@ impl RawTarget {
             source: None,
         }
         .budget();
-        let (worst_case, formula) = match service {
-            Some(_) => (connects.saturating_add(timeout), "timeout x (retries + 2)"),
-            None => (connects, "timeout x (retries + 1)"),
+        // A UDP query is the probe's own datagram: no exchange after it.
+        let (worst_case, formula) = match (&service, protocol) {
+            (Some(_), Protocol::Tcp) => {
+                (connects.saturating_add(timeout), "timeout x (retries + 2)")
+            }
+            _ => (connects, "timeout x (retries + 1)"),
         };
         if worst_case > interval {
             // Point at whichever of the three the target itself sets.

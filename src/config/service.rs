@@ -378,6 +378,25 @@ fn load_ca_file(path: &Spanned<String>, base: Option<&Path>) -> Result<CaFile, I
     })
 }
 
+/// A UDP target's `query`: one step, the datagram sent instead of the port's own request
+/// (`send` or `send_hex`; neither: an empty datagram) and the regex its reply must match.
+pub(super) fn validate_udp_query(query: &RawQuery) -> Result<ServiceCheck, Invalid> {
+    let steps = query.get_ref().len();
+    if steps > 1 {
+        return invalid(
+            query.span(),
+            format!(
+                "query has {steps} steps: a UDP query is one step (the datagram sent, the reply expected)"
+            ),
+        );
+    }
+    Ok(ServiceCheck {
+        service: None,
+        query: Some(Arc::new(validate_query(query)?)),
+        tls: TlsSettings::default(),
+    })
+}
+
 fn validate_query(query: &RawQuery) -> Result<Query, Invalid> {
     let raw = query.get_ref();
     if raw.is_empty() {

@@ -1,9 +1,11 @@
-//! The per-address timing families: what adaptive timing learned of each address. Written
+//! The per-address timing families: what adaptive timing learned of each address, per
+//! protocol (TCP and UDP probes learn on tables of their own). Written
 //! with the table (and cached with it): one line per address and family, 60,000 lines for
 //! 10,000 addresses, too many to write again for every scrape.
 
 use bytes::BytesMut;
 
+use crate::domain::Protocol;
 use crate::families::{
     Family, HOST_DROP_RATIO, HOST_RETRANSMISSIONS, HOST_RETRIES, HOST_RTT, HOST_RTT_VARIATION,
     HOST_TIMEOUT,
@@ -40,14 +42,20 @@ pub const COLUMNS: [Column; 6] = [
     }),
 ];
 
-/// Writes the samples of every family of [`COLUMNS`] for `addresses`, returning where each
-/// family's samples start in `out` (and, last, where they end).
-pub fn write_hosts(out: &mut BytesMut, addresses: &[AddressTiming]) -> [usize; COLUMNS.len() + 1] {
+/// Writes the samples of every family of [`COLUMNS`] for `addresses` (each with the protocol
+/// whose probes learned it), returning where each family's samples start in `out` (and, last,
+/// where they end).
+pub fn write_hosts(
+    out: &mut BytesMut,
+    addresses: &[(Protocol, AddressTiming)],
+) -> [usize; COLUMNS.len() + 1] {
     let mut numbers = Numbers::default();
     let labels: Vec<String> = addresses
         .iter()
-        .map(|address| {
+        .map(|(protocol, address)| {
             let mut labels = String::from("{");
+            push_label(&mut labels, "protocol", protocol.as_str());
+            labels.push(',');
             push_label(&mut labels, "ip", &address.ip.to_string());
             labels
         })
@@ -55,7 +63,7 @@ pub fn write_hosts(out: &mut BytesMut, addresses: &[AddressTiming]) -> [usize; C
     let mut offsets = [0; COLUMNS.len() + 1];
     for (i, (family, value_of)) in COLUMNS.into_iter().enumerate() {
         offsets[i] = out.len();
-        for (address, labels) in addresses.iter().zip(&labels) {
+        for ((_, address), labels) in addresses.iter().zip(&labels) {
             let text = match value_of(address) {
                 Some(Value::Float(value)) => numbers.float(value),
                 Some(Value::Count(count)) => numbers.int(count),
@@ -75,7 +83,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_address_has_its_series_and_unlearned_ones_no_rtt() {
+    fn every_address_has_its_series_per_protocol_and_unlearned_ones_no_rtt() {
         let learned = AddressTiming {
             ip: "::1".parse().unwrap(),
             rtt: Some((Duration::from_micros(250), Duration::from_micros(125))),
@@ -93,23 +101,36 @@ mod tests {
             retransmissions: 0,
         };
         let mut buffer = BytesMut::new();
-        let offsets = write_hosts(&mut buffer, &[learned, silent]);
+        // One address learned by both protocols' probes: two series sets, told apart.
+        let by_udp = AddressTiming {
+            timeout: Duration::from_millis(400),
+            ..learned
+        };
+        let addresses = [
+            (Protocol::Tcp, learned),
+            (Protocol::Udp, by_udp),
+            (Protocol::Tcp, silent),
+        ];
+        let offsets = write_hosts(&mut buffer, &addresses);
         assert_eq!(offsets[0], 0);
         assert_eq!(offsets[COLUMNS.len()], buffer.len());
         let out = String::from_utf8(buffer.to_vec()).unwrap();
         for line in [
-            "port_host_rtt_seconds{ip=\"::1\"} 0.00025\n",
-            "port_host_rtt_variation_seconds{ip=\"::1\"} 0.000125\n",
-            "port_host_timeout_seconds{ip=\"::1\"} 0.1\n",
-            "port_host_drop_ratio{ip=\"::1\"} 0.25\n",
-            "port_host_retries{ip=\"::1\"} 3\n",
-            "port_host_retransmissions_total{ip=\"::1\"} 7\n",
-            "port_host_timeout_seconds{ip=\"198.18.0.1\"} 2.0\n",
-            "port_host_retries{ip=\"198.18.0.1\"} 1\n",
+            "port_host_rtt_seconds{protocol=\"tcp\",ip=\"::1\"} 0.00025\n",
+            "port_host_rtt_variation_seconds{protocol=\"tcp\",ip=\"::1\"} 0.000125\n",
+            "port_host_timeout_seconds{protocol=\"tcp\",ip=\"::1\"} 0.1\n",
+            "port_host_timeout_seconds{protocol=\"udp\",ip=\"::1\"} 0.4\n",
+            "port_host_drop_ratio{protocol=\"tcp\",ip=\"::1\"} 0.25\n",
+            "port_host_retries{protocol=\"tcp\",ip=\"::1\"} 3\n",
+            "port_host_retransmissions_total{protocol=\"tcp\",ip=\"::1\"} 7\n",
+            "port_host_retransmissions_total{protocol=\"udp\",ip=\"::1\"} 7\n",
+            "port_host_timeout_seconds{protocol=\"tcp\",ip=\"198.18.0.1\"} 2.0\n",
+            "port_host_retries{protocol=\"tcp\",ip=\"198.18.0.1\"} 1\n",
         ] {
             assert!(out.contains(line), "{line:?} missing from\n{out}");
         }
-        assert!(!out.contains("port_host_rtt_seconds{ip=\"198.18.0.1\"}"));
+        assert!(!out.contains("ip=\"198.18.0.1\"}} 0.0"), "{out}");
+        assert!(!out.contains("port_host_rtt_seconds{protocol=\"tcp\",ip=\"198.18.0.1\"}"));
     }
 
     #[test]

@@ -36,8 +36,10 @@ mod hosts;
 pub mod table;
 pub mod text;
 
+use crate::domain::Protocol;
 use crate::exposition::table::{FAMILIES, TableText, render_table, with_headers};
 use crate::probe::Timings;
+use crate::probe::timing::AddressTiming;
 use crate::state::StateTable;
 use crate::telemetry::Telemetry;
 
@@ -80,12 +82,20 @@ impl Replaced {
     }
 }
 
+/// Every address each protocol's probes learned, with that protocol.
+fn learned(timings: &[(Protocol, Arc<Timings>)]) -> Vec<(Protocol, AddressTiming)> {
+    timings
+        .iter()
+        .flat_map(|(protocol, timings)| timings.view().into_iter().map(|a| (*protocol, a)))
+        .collect()
+}
+
 /// Renders `/metrics`: the table's text from its cache, the exporter's own metrics fresh.
 pub struct Metrics {
     telemetry: Arc<Telemetry>,
     table: Arc<StateTable>,
-    /// What the scheduler's probes learned of each address.
-    timings: Arc<Timings>,
+    /// What the scheduler's probes learned of each address, per protocol.
+    timings: Vec<(Protocol, Arc<Timings>)>,
     /// The last rendering of the table.
     cached: Mutex<Option<Arc<RenderedTable>>>,
     /// Renderings replaced since, oldest first, while some response may still hold them.
@@ -101,7 +111,7 @@ pub struct Metrics {
 impl Metrics {
     pub fn new(
         table: Arc<StateTable>,
-        timings: Arc<Timings>,
+        timings: Vec<(Protocol, Arc<Timings>)>,
         telemetry: Arc<Telemetry>,
     ) -> Metrics {
         Metrics {
@@ -181,7 +191,7 @@ impl Metrics {
             let generation = table.generation();
             RenderedTable {
                 generation,
-                text: render_table(&table, &timings.view(), workers, scratch, capacity),
+                text: render_table(&table, &learned(&timings), workers, scratch, capacity),
                 gzip: tokio::sync::OnceCell::new(),
                 superseded: CancellationToken::new(),
                 lease: Arc::new(()),

@@ -26,7 +26,7 @@ use bytes::{Bytes, BytesMut};
 use rayon::prelude::*;
 
 use super::hosts;
-use crate::domain::{State, StateCounts};
+use crate::domain::{Protocol, State, StateCounts};
 use crate::exposition::text::{
     Format, Numbers, STATE_SUFFIXES, push_flag, push_info, push_label, push_line,
     push_service_sample,
@@ -203,7 +203,7 @@ struct Snapshot {
 /// length of the text.
 pub fn render_table(
     table: &StateTable,
-    addresses: &[AddressTiming],
+    addresses: &[(Protocol, AddressTiming)],
     workers: usize,
     mut scratch: Vec<Scratch>,
     capacity_hint: usize,

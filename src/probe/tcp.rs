@@ -569,7 +569,7 @@ mod tests {
         // One future type whether a check is given or not: its size is that of the largest.
         let with_check = prober.probe_service(addr, attempts, None);
         let udp = crate::probe::udp::UdpProbe::new(timings.clone());
-        let udp_probe = udp.probe(addr, attempts);
+        let udp_probe = udp.probe_service(addr, attempts, None);
         for (what, size) in [
             ("probe_service", std::mem::size_of_val(&with_check)),
             ("udp probe", std::mem::size_of_val(&udp_probe)),

@@ -62,8 +62,9 @@ use tokio::net::UdpSocket;
 use super::attempt::{Answers, Run, Waiting, bind_source, finished, listen};
 use super::classify::{classify_datagram, classify_local};
 use super::timing::Timings;
-use super::{Outcome, Probe};
-use crate::domain::{Attempts, Reason, State};
+use super::{Outcome, Probe, ServiceFinding};
+use crate::config::ServiceCheck;
+use crate::domain::{Attempts, Reason, Service, State, TlsMode};
 
 /// The most bytes of a reply kept: enough to recognise a service by.
 pub const REPLY_HEAD: usize = 1024;
@@ -178,6 +179,40 @@ impl Probe for UdpProbe {
     async fn probe(&self, addr: SocketAddr, attempts: Attempts) -> Outcome {
         let payload = payloads::for_port(addr.port());
         self.exchange(addr, attempts, payload).await.outcome
+    }
+
+    /// With a target's `query` (one step): its datagram instead of the port's request, and
+    /// on a reply a finding (`custom`) that says whether the reply matched its `expect`.
+    async fn probe_service(
+        &self,
+        addr: SocketAddr,
+        attempts: Attempts,
+        check: Option<&ServiceCheck>,
+    ) -> Outcome {
+        let Some(step) = check
+            .and_then(|c| c.query.as_ref())
+            .and_then(|q| q.steps.first())
+        else {
+            return self.probe(addr, attempts).await;
+        };
+        let payload = step.send.as_deref().unwrap_or_default();
+        let Exchange { mut outcome, reply } = self.exchange(addr, attempts, payload).await;
+        if let Some(reply) = reply {
+            let matched = step.expect.as_ref().is_none_or(|e| e.is_match(&reply.head));
+            outcome.service = Some(Arc::new(ServiceFinding {
+                service: Service::Custom,
+                version: None,
+                tls: TlsMode::None,
+                reason: if matched {
+                    Reason::Matched
+                } else {
+                    Reason::QueryMismatch
+                },
+                unexpected: Some(!matched),
+                cert: None,
+            }));
+        }
+        outcome
     }
 }
 
@@ -394,6 +429,57 @@ mod tests {
         );
         let empty = prober.exchange(dns, attempts, b"").await;
         assert_eq!(empty.outcome.state, State::OpenFiltered);
+    }
+
+    /// A target's one-step query, parsed as the config parses it.
+    fn query_check(step: &str) -> ServiceCheck {
+        let text = format!(
+            "[[targets]]\nhost = \"127.0.0.1\"\nports = [9]\nprotocol = \"udp\"\nquery = [{step}]\n"
+        );
+        let config = crate::config::Config::parse(&text, "t").unwrap();
+        (**config.targets[0].service.as_ref().unwrap()).clone()
+    }
+
+    #[tokio::test]
+    async fn a_query_sends_its_datagram_and_judges_the_reply() {
+        // Answers only the query's datagram, with a banner.
+        let server = responder(Ipv4Addr::LOCALHOST.into(), |datagram, from, socket| {
+            if datagram == b"HELLO\r\n" {
+                let _ = socket.send_to(b"WELCOME v2\r\n", from);
+            }
+        });
+        let prober = UdpProbe::default();
+        let attempts = fixed(Duration::from_millis(300), 0);
+        let finding = |outcome: &Outcome| {
+            let found = outcome.service.as_ref().expect("a finding on a reply");
+            (found.service, found.reason, found.unexpected)
+        };
+        let matching = query_check(r#"{ send = "HELLO\r\n", expect = "^WELCOME v[0-9]" }"#);
+        let outcome = prober
+            .probe_service(server, attempts, Some(&matching))
+            .await;
+        assert_eq!(outcome.state, State::Open);
+        assert_eq!(
+            finding(&outcome),
+            (Service::Custom, Reason::Matched, Some(false))
+        );
+        let hex = query_check(r#"{ send_hex = "48 45 4c 4c 4f 0d 0a", expect = "v3" }"#);
+        let outcome = prober.probe_service(server, attempts, Some(&hex)).await;
+        assert_eq!(outcome.state, State::Open, "the same datagram, from hex");
+        assert_eq!(
+            finding(&outcome),
+            (Service::Custom, Reason::QueryMismatch, Some(true))
+        );
+        // Another datagram than the one the server answers: silence, and no finding.
+        let other = query_check(r#"{ send = "BYE", expect = "." }"#);
+        let outcome = prober.probe_service(server, attempts, Some(&other)).await;
+        assert_eq!(outcome.state, State::OpenFiltered);
+        assert!(outcome.service.is_none());
+        // Without a check: the port's own (empty) datagram, no finding.
+        assert_eq!(
+            prober.probe_service(server, attempts, None).await.state,
+            State::OpenFiltered
+        );
     }
 
     #[tokio::test]

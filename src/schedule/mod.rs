@@ -72,6 +72,8 @@ impl FirstRounds {
 /// The parts a scheduler works with.
 pub struct SchedulerParts<P> {
     pub probe: P,
+    /// The UDP targets' probe, learning on a timing table of its own.
+    pub udp: UdpProbe,
     pub table: Arc<StateTable>,
     pub metrics: ProbeMetrics,
     /// The global cap on probes in flight.
@@ -120,7 +122,7 @@ impl<P: Probe> Scheduler<P> {
         parts.table.set_targets(&config.targets);
         let shared = Arc::new(Shared {
             probe: parts.probe,
-            udp: UdpProbe::default(),
+            udp: parts.udp,
             table: parts.table,
             metrics: parts.metrics,
             slots: Arc::new(Semaphore::new(parts.max_in_flight.max(1))),
@@ -313,7 +315,12 @@ async fn run_round<P: Probe>(
                         .probe_service(addr, target.attempts(), target.service.as_deref())
                         .await
                 }
-                Protocol::Udp => shared.udp.probe(addr, target.attempts()).await,
+                Protocol::Udp => {
+                    shared
+                        .udp
+                        .probe_service(addr, target.attempts(), target.service.as_deref())
+                        .await
+                }
             };
             shared.metrics.in_flight.dec();
             shared.metrics.count_probe(outcome.state);
@@ -413,6 +420,7 @@ mod tests {
         let (ready_tx, ready) = watch::channel(false);
         let parts = SchedulerParts {
             probe: probe.clone(),
+            udp: crate::probe::UdpProbe::default(),
             table: table.clone(),
             metrics: metrics.probes.clone(),
             max_in_flight,
@@ -500,6 +508,7 @@ mod tests {
         let (ready_tx, mut ready) = watch::channel(false);
         let parts = SchedulerParts {
             probe: FakeProbe::default(),
+            udp: crate::probe::UdpProbe::default(),
             table: Arc::new(StateTable::new()),
             metrics: telemetry.probes.clone(),
             max_in_flight: 1,

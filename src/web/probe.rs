@@ -16,6 +16,10 @@
 //! not fit is answered 503: at once when the names are taken, at the deadline when no connect
 //! slot came free.
 //!
+//! `protocol=udp` probes the port as a UDP target does (`nmap -sU`: the port's payload, a
+//! reply `open`, ICMP port unreachable `closed`, silence `open|filtered`), on a UDP probe and
+//! timing table of `/probe`'s own; `protocol=tcp` (the default) connects.
+//!
 //! `service=` (with `tls_server_name=`, `tls_insecure_skip_verify=`) adds the service check
 //! of a target's `service` key, read by the config's rules; `[defaults.tls]` gives the rest
 //! (a request never names a file). It takes up to one more `timeout` and
@@ -37,7 +41,7 @@ use crate::config::host::valid_host_name;
 use crate::config::service::{RequestedCheck, parse_server_name};
 use crate::config::{Config, ServiceExpect};
 use crate::domain::Expect;
-use crate::domain::{Attempts, State};
+use crate::domain::{Attempts, Protocol};
 use crate::exposition::table::SERVICE_FAMILIES;
 use crate::exposition::text::{
     Format, Numbers, STATE_SUFFIXES, push_label, push_line, push_service_sample,
@@ -47,7 +51,7 @@ use crate::families::{
     PROBE_SUCCESS,
 };
 use crate::probe::service::MAX_CONNECTIONS;
-use crate::probe::{Outcome, Probe};
+use crate::probe::{Outcome, Probe, UdpProbe};
 use crate::schedule::resolve::{Limits, LookupError, Resolver};
 
 /// Taken off Prometheus' scrape timeout so the answer arrives before it gives up.
@@ -71,10 +75,12 @@ pub const PROBE_LOOKUP_NAMES: usize = 16;
 /// free one within its request's deadline.
 pub const PROBE_CONNECTS: usize = 16;
 
-/// What `/probe` has of its own, apart from the scheduler: a resolver and connect slots.
+/// What `/probe` has of its own, apart from the scheduler: a resolver, connect slots (which
+/// UDP probes take too: a socket each) and a UDP probe.
 pub struct OnDemand {
     resolver: Arc<Resolver>,
     connects: Arc<Semaphore>,
+    udp: UdpProbe,
 }
 
 impl OnDemand {
@@ -88,6 +94,7 @@ impl OnDemand {
         OnDemand {
             resolver: Arc::new(Resolver::with_limits(limits, dns_lookups_in_flight)),
             connects: Arc::new(Semaphore::new(PROBE_CONNECTS)),
+            udp: UdpProbe::default(),
         }
     }
 }
@@ -108,6 +115,8 @@ pub fn scrape_timeout(value: &str) -> Option<Duration> {
 pub struct ProbeRequest {
     pub host: String,
     pub port: u16,
+    /// `?protocol=`: `tcp` unless it says `udp`.
+    pub protocol: Protocol,
     /// What `probe_success` checks; `open` unless `?expect=` says otherwise.
     pub expect: Expect,
     /// `?debug=true`: answer with the probe's trace instead of metrics.
@@ -134,9 +143,10 @@ pub enum Refusal {
 
 impl ProbeRequest {
     /// Parses the query string: `target=host:port` (IPv6 in brackets), optional
-    /// `expect=` (a word of [`Expect::ALL`]), `debug=true`, and `service=` (`auto`, `tls` or
-    /// a service name) with `tls_server_name=` and `tls_insecure_skip_verify=true|false`, read
-    /// by the config's rules. No parameter names a file: the roots are `[defaults.tls]`'.
+    /// `protocol=tcp|udp`, `expect=` (a word of [`Expect::ALL`]; `open|filtered` only for
+    /// UDP), `debug=true`, and for TCP `service=` (`auto`, `tls` or a service name) with
+    /// `tls_server_name=` and `tls_insecure_skip_verify=true|false`, read by the config's
+    /// rules. No parameter names a file: the roots are `[defaults.tls]`'.
     pub fn parse(params: &[(String, String)]) -> Result<ProbeRequest, Refusal> {
         let bad = |message: String| Err(Refusal::BadRequest(message));
         let param = |name: &str| params.iter().find(|(k, _)| k == name).map(|(_, v)| v);
@@ -184,6 +194,18 @@ impl ProbeRequest {
                 ));
             }
         };
+        for name in ["protocol", "expect"] {
+            if params.iter().filter(|(k, _)| k == name).count() > 1 {
+                return bad(format!("{name}= given more than once"));
+            }
+        }
+        let protocol = match param("protocol") {
+            None => Protocol::Tcp,
+            Some(word) => match Protocol::from_word(word) {
+                Some(protocol) => protocol,
+                None => return bad(format!("protocol {word:?}: expected tcp or udp")),
+            },
+        };
         let expect = match param("expect") {
             None => Expect::Open,
             Some(word) => match word.parse() {
@@ -191,6 +213,9 @@ impl ProbeRequest {
                 Err(unknown) => return bad(format!("{unknown}")),
             },
         };
+        if expect == Expect::OpenFiltered && protocol != Protocol::Udp {
+            return bad("expect \"open|filtered\" is a UDP state: only with protocol=udp".into());
+        }
         let debug = match param("debug").map(String::as_str) {
             None | Some("false") => false,
             Some("true") => true,
@@ -232,6 +257,9 @@ impl ProbeRequest {
                 }
                 None
             }
+            Some(_) if protocol == Protocol::Udp => {
+                return bad("service= is a TCP check: not with protocol=udp".into());
+            }
             Some(word) => match ServiceExpect::parse(word) {
                 Ok(service) => Some(RequestedCheck {
                     service,
@@ -244,6 +272,7 @@ impl ProbeRequest {
         Ok(ProbeRequest {
             host: host.to_string(),
             port,
+            protocol,
             expect,
             debug,
             service,
@@ -304,7 +333,8 @@ pub async fn probe<P: Probe + Clone>(
     let target = request.target();
     let _ = writeln!(
         trace,
-        "probing {target}: budget {budget:?} for the lookup and the connects, {attempts} attempts of at most {:?}",
+        "probing {target} over {}: budget {budget:?} for the lookup and the connects, {attempts} attempts of at most {:?}",
+        request.protocol.as_str(),
         configured.timeout
     );
     // The service check takes up to one more attempt's timeout, on up to MAX_CONNECTIONS
@@ -395,6 +425,8 @@ pub async fn probe<P: Probe + Clone>(
         let addr = SocketAddr::new(ip, request.port);
         let prober = prober.clone();
         let connects = on_demand.connects.clone();
+        let udp = on_demand.udp.clone();
+        let protocol = request.protocol;
         let check = check.clone();
         probes.spawn(async move {
             let waiting = Instant::now();
@@ -410,7 +442,10 @@ pub async fn probe<P: Probe + Clone>(
                 timeout,
                 ..configured
             };
-            let outcome = prober.probe_service(addr, attempts, check.as_deref()).await;
+            let outcome = match protocol {
+                Protocol::Tcp => prober.probe_service(addr, attempts, check.as_deref()).await,
+                Protocol::Udp => udp.probe(addr, attempts).await,
+            };
             let connected = Connected {
                 outcome,
                 timeout,
@@ -509,8 +544,9 @@ impl ProbeReport {
                 push_label(&mut labels, "host", &self.request.host);
                 labels.push(',');
                 push_label(&mut labels, "port", numbers.int(self.request.port));
-                // `/probe` probes TCP.
-                labels.push_str(",protocol=\"tcp\",");
+                labels.push(',');
+                push_label(&mut labels, "protocol", self.request.protocol.as_str());
+                labels.push(',');
                 push_label(&mut labels, "ip", &ip);
                 (labels, outcome)
             })
@@ -518,8 +554,7 @@ impl ProbeReport {
         let mut out = String::with_capacity(1024);
         PORT_STATE.write_header(&mut out, format);
         for (labels, outcome) in &series {
-            // `/probe` probes TCP only, so far.
-            for s in State::TCP {
+            for &s in self.request.protocol.states() {
                 let value = if s == outcome.state { "1" } else { "0" };
                 let suffix = STATE_SUFFIXES[s as usize];
                 push_line(&mut out, PORT_STATE.name, labels, suffix, value);
@@ -586,7 +621,7 @@ mod tests {
     use std::time::SystemTime;
 
     use super::*;
-    use crate::domain::Reason;
+    use crate::domain::{Reason, State};
 
     fn parse(query: &[(&str, &str)]) -> Result<ProbeRequest, Refusal> {
         let params: Vec<(String, String)> = query
@@ -614,6 +649,47 @@ mod tests {
         assert_eq!(host_port(&[("target", "[::1]:22")]), ("::1".into(), 22));
         let r = parse(&[("target", "h:1"), ("expect", "not_open"), ("debug", "true")]).unwrap();
         assert_eq!((r.expect, r.debug), (Expect::NotOpen, true));
+    }
+
+    #[test]
+    fn protocol_is_tcp_unless_udp_and_its_rules_are_the_configs() {
+        let t = ("target", "h:53");
+        assert_eq!(parse(&[t]).unwrap().protocol, Protocol::Tcp);
+        let udp = parse(&[t, ("protocol", "udp"), ("expect", "open|filtered")]).unwrap();
+        assert_eq!(
+            (udp.protocol, udp.expect),
+            (Protocol::Udp, Expect::OpenFiltered)
+        );
+        let refused = |query: &[(&str, &str)]| match parse(query) {
+            Err(Refusal::BadRequest(message)) => message,
+            other => panic!("{query:?}: {other:?}"),
+        };
+        for (query, says) in [
+            (
+                vec![t, ("protocol", "UDP")],
+                "protocol \"UDP\": expected tcp or udp",
+            ),
+            (vec![t, ("protocol", "sctp")], "expected tcp or udp"),
+            (
+                vec![t, ("protocol", "udp"), ("protocol", "tcp")],
+                "protocol= given more than once",
+            ),
+            (
+                vec![t, ("expect", "open"), ("expect", "closed")],
+                "expect= given more than once",
+            ),
+            (
+                vec![t, ("expect", "open|filtered")],
+                "only with protocol=udp",
+            ),
+            (
+                vec![t, ("protocol", "udp"), ("service", "auto")],
+                "not with protocol=udp",
+            ),
+        ] {
+            let message = refused(&query);
+            assert!(message.contains(says), "{query:?}: {message}");
+        }
     }
 
     #[test]
@@ -802,7 +878,9 @@ mod tests {
         let expiry = "port_tls_cert_expiry_timestamp_seconds{host=\"localhost\",port=\"22\",protocol=\"tcp\",ip=\"127.0.0.1\"} 1900000000\n";
         assert!(probe.contains(expiry), "{probe}");
         assert!(
-            metrics.contains(",host=\"localhost\",port=\"22\",protocol=\"tcp\",ip=\"127.0.0.1\"} 1900000000\n"),
+            metrics.contains(
+                ",host=\"localhost\",port=\"22\",protocol=\"tcp\",ip=\"127.0.0.1\"} 1900000000\n"
+            ),
             "{metrics}"
         );
         let connect = "port=\"22\",protocol=\"tcp\",ip=\"127.0.0.1\"} 0.00025\n";
@@ -880,6 +958,76 @@ mod tests {
 
     fn request(target: &str) -> ProbeRequest {
         parse(&[("target", target)]).unwrap()
+    }
+
+    /// `protocol=udp` on real loopback sockets: a port that answers reads open, a port with
+    /// nothing bound closed (ICMP port unreachable), and the answer is written with UDP's
+    /// protocol label and state set.
+    #[tokio::test]
+    async fn protocol_udp_probes_a_datagram_and_writes_udps_states() {
+        let responder = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let open = responder.local_addr().unwrap();
+        std::thread::spawn(move || {
+            let mut buf = [0; 512];
+            // Bounded: answers at most four datagrams.
+            for _ in 0..4 {
+                let Ok((_, from)) = responder.recv_from(&mut buf) else {
+                    return;
+                };
+                let _ = responder.send_to(b"hi", from);
+            }
+        });
+        let unbound = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let closed = unbound.local_addr().unwrap();
+        drop(unbound);
+        let (prober, on_demand, config) =
+            (SilentProbe::default(), on_demand(), config("127.0.0.1"));
+        let udp_request = |addr: SocketAddr, expect: &str| {
+            let target = addr.to_string();
+            parse(&[("target", &target), ("protocol", "udp"), ("expect", expect)]).unwrap()
+        };
+        let report = probe(
+            &prober,
+            &on_demand,
+            &config,
+            udp_request(open, "open"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(report.outcomes[0].1.state, State::Open, "{}", report.trace);
+        assert!(report.success());
+        let text = String::from_utf8(report.render()).unwrap();
+        let labels = format!(
+            "{{host=\"127.0.0.1\",port=\"{}\",protocol=\"udp\",ip=\"127.0.0.1\"",
+            open.port()
+        );
+        for line in [
+            format!("port_state{labels},state=\"open\"}} 1\n"),
+            format!("port_state{labels},state=\"open|filtered\"}} 0\n"),
+            format!("port_state_reason{labels},reason=\"udp-response\"}} 1\n"),
+        ] {
+            assert!(text.contains(&line), "{line:?} missing from\n{text}");
+        }
+        assert!(text.ends_with("\nprobe_success 1\n"), "{text}");
+        let report = probe(
+            &prober,
+            &on_demand,
+            &config,
+            udp_request(closed, "closed"),
+            None,
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            report.outcomes[0].1.state,
+            State::Closed,
+            "{}",
+            report.trace
+        );
+        assert!(report.success());
+        // The TCP prober was never asked.
+        assert_eq!(prober.most.load(Ordering::SeqCst), 0);
     }
 
     #[tokio::test(start_paused = true)]

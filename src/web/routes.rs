@@ -423,6 +423,7 @@ mod tests {
         let (ready_tx, ready) = watch::channel(false);
         let parts = SchedulerParts {
             probe: probe.clone(),
+            udp: crate::probe::UdpProbe::default(),
             table: table.clone(),
             metrics: telemetry.probes.clone(),
             max_in_flight: 1,

@@ -8,6 +8,18 @@
 use std::fmt::{self, Display};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use crate::domain::State;
+
+/// A state as a token for class names, ids and `data-*` attribute names: its word, but
+/// `open-filtered` for `open|filtered` (`|` is neither a plain class selector nor allowed in
+/// an attribute name).
+pub fn token(state: &State) -> &'static str {
+    match state {
+        State::OpenFiltered => "open-filtered",
+        state => state.as_str(),
+    }
+}
+
 /// A duration in milliseconds, with the precision that matters at its size.
 pub struct Millis<'a>(pub &'a Duration);
 

@@ -24,10 +24,8 @@ use std::time::SystemTime;
 
 use askama::Template;
 
-// page.html loops over State::TCP: every row is a TCP port until UDP targets exist. UDP's
-// `open|filtered` joins with issue 14's wiring, and needs a CSS-safe token for its class and
-// data-* names (`|` is neither a plain class selector nor a valid attribute name character).
-use crate::domain::State;
+// page.html counts TCP's states, and UDP's `open|filtered` where a target is UDP; it writes a
+// state into class names, ids and data-* names as `format::token` (`open-filtered`).
 use crate::state::StateTable;
 use filter::Filter;
 use view::PageView;
@@ -88,7 +86,7 @@ impl StatusPage<'_> {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::domain::Reason;
+    use crate::domain::{Reason, State};
     use crate::probe::Outcome;
     use crate::state::RowKey;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -370,6 +368,71 @@ mod tests {
         assert!(page.contains("id=\"total-closed\"><div class=\"n\">9</div>"));
         // Filter counts are of listed rows.
         assert!(page.contains("Closed<span class=\"c\">1</span>"));
+    }
+
+    #[test]
+    fn udp_targets_count_open_filtered_and_say_their_protocol() {
+        let t = table(
+            "[[targets]]\nname = \"dns\"\nhost = \"127.0.0.1\"\nports = [53, 161, 5353]\nprotocol = \"udp\"\n\
+             [[targets]]\nname = \"ssh\"\nhost = \"127.0.0.1\"\nports = [53]\n",
+        );
+        record(&t, "dns", 53, V4, State::Open);
+        record(&t, "dns", 161, V4, State::OpenFiltered);
+        record(&t, "dns", 5353, V4, State::Closed);
+        record(&t, "ssh", 53, V4, State::Closed);
+        let page = render(&t, None);
+        // The UDP target's summary counts its five states; the TCP one's its four.
+        assert!(
+            page.contains(
+                "data-total=\"3\" data-open=\"1\" data-closed=\"1\" data-filtered=\"0\" \
+             data-open-filtered=\"1\" data-error=\"0\" data-unexpected=\"0\">3 ports:"
+            ),
+            "{page}"
+        );
+        assert!(
+            page.contains(
+                "data-total=\"1\" data-open=\"0\" data-closed=\"1\" data-filtered=\"0\" \
+             data-error=\"0\" data-unexpected=\"0\">1 port:"
+            ),
+            "{page}"
+        );
+        assert!(page.contains("<span class=\"chip protocol\">udp</span>"));
+        assert!(page.contains("<span class=\"chip protocol\">tcp</span>"));
+        let row = page
+            .lines()
+            .find(|l| l.contains("data-port=\"161\""))
+            .unwrap();
+        assert!(row.starts_with("<tr class=\"port open-filtered\""), "{row}");
+        assert!(row.contains("data-protocol=\"udp\" "), "{row}");
+        assert!(row.contains("data-state=\"open|filtered\""), "{row}");
+        assert!(
+            row.contains("<span class=\"badge open-filtered\">open|filtered</span>"),
+            "{row}"
+        );
+        assert!(page.contains("id=\"total-open-filtered\"><div class=\"n\">1</div>"));
+        assert!(
+            page.contains("href=\"?state=open%7Cfiltered\" id=\"filter-open-filtered\""),
+            "{page}"
+        );
+        // Filtered to UDP's silence: the one row.
+        let only = render(&t, Some("open|filtered"));
+        assert_eq!(
+            listed(&only),
+            [("161".to_string(), "open|filtered".to_string())]
+        );
+    }
+
+    #[test]
+    fn a_tcp_only_page_has_no_open_filtered_card_or_link() {
+        let t = table("[[targets]]\nname = \"web\"\nhost = \"127.0.0.1\"\nports = [80]");
+        record(&t, "web", 80, V4, State::Open);
+        let page = render(&t, None);
+        for absent in ["id=\"total-open-filtered\"", "id=\"filter-open-filtered\""] {
+            assert!(!page.contains(absent), "{absent} in\n{page}");
+        }
+        assert!(page.contains("id=\"total-filtered\""));
+        let bogus = render(&t, Some("bogus"));
+        assert!(bogus.contains("Valid states are open, closed, filtered and error."));
     }
 
     #[test]

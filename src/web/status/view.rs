@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use super::filter::Filter;
 use super::{MAX_ROWS_PER_PAGE, MAX_ROWS_PER_TARGET};
-use crate::domain::{StateCounts, TlsMode};
+use crate::domain::{Protocol, State, StateCounts, TlsMode};
 use crate::probe::Outcome;
 use crate::state::{TargetInfo, TargetRows};
 
@@ -33,6 +33,8 @@ pub struct PageView {
     pub shown: Vec<TargetView>,
     /// Targets left out because none of their listed rows is in the state filtered for.
     pub left_out: u64,
+    /// Whether some target is probed over UDP: the page then counts `open|filtered` too.
+    pub udp: bool,
 }
 
 /// One target's data.
@@ -79,12 +81,14 @@ impl PageView {
             unexpected: 0,
             shown: Vec::new(),
             left_out: 0,
+            udp: false,
         };
         let mut room = MAX_ROWS_PER_PAGE;
         for target in table.values() {
             let view = TargetView::copy(target, filter, room.min(MAX_ROWS_PER_TARGET));
             room -= view.rows.len();
             page.targets += 1;
+            page.udp |= view.info.protocol == Protocol::Udp;
             page.all.merge(&view.all);
             page.listed.merge(&view.listed);
             page.unexpected += view.unexpected;
@@ -96,6 +100,12 @@ impl PageView {
             }
         }
         page
+    }
+
+    /// The states the cards and filter links count: TCP's, and `open|filtered` when some
+    /// target is UDP.
+    pub fn states(&self) -> &'static [State] {
+        if self.udp { &State::UDP } else { &State::TCP }
     }
 
     /// Rows counted in the summaries but not listed: range ports `/metrics` has no series for.
