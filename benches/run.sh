@@ -6,13 +6,14 @@
 #   benches/run.sh [--smoke] [--rows LIST] [--out FILE] [--bin PATH]
 #     --smoke     tiny sizes and 1-10 s durations (about a minute): checks the harness; g
 #                 scans ports 1-900 and 8000-8100, h runs 2 rounds, i probes 2 x 2000 pairs
-#                 every 6s with --probe.concurrency 8192, j runs 200 ports once each way.
+#                 every 6s with --probe.concurrency 8192, j runs 200 ports once each way,
+#                 k probes 100 UDP ports (5 open, 10 dropped, 10 rejected).
 #                 Goals are judged and reported, but only a failing step fails the script.
 #     --out FILE  also write the report (machine, versions, commands, table, notes) to FILE.
 #     --bin PATH  use this port_exporter binary instead of `cargo build --release`'s
 #                 target/release/port_exporter (the smoke test passes the test build's binary).
-#     --rows LIST run only these rows of section 2, letters a-j separated by commas (e.g.
-#                 `--rows e,g`); default: every row. The build, tools, namespace and common
+#     --rows LIST run only these rows of section 2, letters a-k separated by commas (e.g.
+#                 `--rows e,k`); default: every row. The build, tools, namespace and common
 #                 listener always run, and so does the report, which names the rows that ran
 #                 (rows not run are left out of its table). Rows that measure on another row's
 #                 setup bring it along: d implies c (it measures c's exporter), f implies a
@@ -57,9 +58,10 @@
 #   f. TIME_WAIT: `ss -tan state time-wait` on the open port after our wrk run of (a) and after
 #      the scheduled rounds of (d) (ours closes with a reset: goal 0), and after blackbox's.
 #   Rows g-i use addresses of 198.18.0.0/15 on the namespace's lo (198.18.0.1, 198.18.2.1,
-#   198.18.1.1-16) and a second listener bound to those addresses only; each row adds its
-#   iptables rules (matching its own addresses) and removes them after. Their configs set no
-#   timeout or retries: the exporter's default timing is what they measure.
+#   198.18.1.1-16; row k 198.18.3.1, with a UDP responder of its own) and a second listener
+#   bound to those addresses only; each row adds its iptables rules (matching its own
+#   addresses) and removes them after. Their configs set no timeout or retries: the
+#   exporter's default timing is what they measure.
 #   g. firewalled host: 198.18.0.1, where iptables drops every SYN but those to 80 and 443
 #      (listeners: open) and 8080 (REJECT --reject-with tcp-reset: closed). One target, ports
 #      1-65535, default config (interval 1h; expect filtered, which changes no timing, only
@@ -105,6 +107,20 @@
 #      port_service_info{service="ssh"}, or the row fails. No numeric goal: the issue asks
 #      that identification not slow the connect-only path, and rows b-d (no service set) are
 #      that guard; this row prices the exchange when it is asked for.
+#   k. UDP, 1,000 ports on one host: 198.18.3.1 on the namespace's lo (no other row uses it),
+#      ports 41000-41999: 10 answered by a python3 UDP responder bound to that address (any
+#      datagram, the empty one included, gets a reply: open), 50 dropped (iptables DROP:
+#      open|filtered), 50 rejected (REJECT --reject-with icmp-admin-prohibited: filtered), the
+#      other 890 bound by nothing (ICMP port unreachable: closed); spread over the range. Its
+#      rules sit in a chain of their own, jumped to for -d 198.18.3.1 -p udp, removed after the
+#      row. Ours: one target, protocol = "udp", the 1,000 ports listed (each has its series),
+#      interval 1h, default timing (no timeout or retries); the figure is start to /-/ready 200
+#      (timed like b) vs the wall time of `nmap -sU -T4 -Pn -n -p41000-41999 198.18.3.1`. States
+#      are compared port by port (ours: port_state{protocol="udp"} on /metrics; nmap's XML, its
+#      open|filtered as ours open|filtered, its filtered as ours filtered): the row reports the
+#      ports that differ (goal 0, and the note lists them) and the time ratio (no goal: the
+#      issue sets no number). On lo the kernel does not rate-limit ICMP errors, so every closed
+#      port answers every probe at once: a best case for both tools, unlike a remote host.
 #
 # Exit status: 0 when every step ran (and, in full mode, every goal passed); 1 when a step
 # failed; 3 in full mode when a goal failed. Processes are stopped by PID and the namespace is
@@ -123,7 +139,7 @@ while [ $# -gt 0 ]; do
     --out=*) OUT=${1#--out=} ;;
     --bin) BIN=${2:?--bin needs a path}; shift ;;
     --bin=*) BIN=${1#--bin=} ;;
-    --rows) ROWS_ARG=${2:?--rows needs a list, e.g. e,g}; ROWS_GIVEN=1; shift ;;
+    --rows) ROWS_ARG=${2:?--rows needs a list, e.g. e,k}; ROWS_GIVEN=1; shift ;;
     --rows=*) ROWS_ARG=${1#--rows=} ROWS_GIVEN=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 1 ;;
@@ -135,7 +151,7 @@ if [ -n "$OUT" ]; then
 fi
 
 # Rows to run (--rows): those asked for, plus the rows they measure on.
-ALL_ROWS=(a b c d e f g h i j)
+ALL_ROWS=(a b c d e f g h i j k)
 declare -A RUN=()
 if [ -z "$ROWS_GIVEN" ]; then
     for r in "${ALL_ROWS[@]}"; do RUN[$r]=1; done
@@ -176,6 +192,7 @@ if [ "$MODE" = full ]; then
     H_ROUNDS=12 H_INTERVAL=5
     I_ADDRS=16 I_PORTS=65535 I_INTERVAL=300 I_CONC=9000 I_RATE=25000 I_EVERY=30
     J_LO=20000 J_HI=29999 J_RUNS=3
+    K_PORTS=1000 K_OPEN_N=10 K_DROP_N=50 K_REJECT_N=50 K_LIMIT=600
 else
     WRK_ARGS=(-t2 -c8 -d1s --latency)
     WRK_WARMUP=()
@@ -188,6 +205,7 @@ else
     H_ROUNDS=2 H_INTERVAL=5
     I_ADDRS=2 I_PORTS=2000 I_INTERVAL=6 I_CONC=8192 I_RATE=25000 I_EVERY=2
     J_LO=20000 J_HI=20199 J_RUNS=1
+    K_PORTS=100 K_OPEN_N=5 K_DROP_N=10 K_REJECT_N=10 K_LIMIT=300
 fi
 CONCURRENT=8
 E_PORTS=$((E_HI - E_LO + 1))
@@ -207,6 +225,9 @@ I_OPEN=(1 80 443)                     # (i): open on each; port 1 marks a round'
 I_PAIRS=$((I_ADDRS * I_PORTS))
 J_PORTS=$((J_HI - J_LO + 1))          # (j): open ports on 127.0.0.1 (e's range; its DROP rule is gone)
 J_BANNER=SSH-2.0-bench                # (j): what they send on accept, then close
+K_ADDR=198.18.3.1 K_LO=41000          # (k): the UDP host, and the first of its K_PORTS ports
+K_HI=$((K_LO + K_PORTS - 1))
+K_CHAIN=PE-BENCH-K                    # (k): its iptables chain (jumped to for -d $K_ADDR -p udp)
 OURS_ADDR=127.0.0.1:9799
 BB_ADDR=127.0.0.1:9115
 STATIC_ADDR=127.0.0.1:18099
@@ -812,6 +833,123 @@ def stats(*values):
     """median min max of numbers."""
     v = sorted(float(x) for x in values)
     print(f'{statistics.median(v):.4f} {v[0]:.4f} {v[-1]:.4f}')
+
+
+def udp_answer(status, addr, *ports):
+    """(k) A UDP socket bound to addr:port for each port; answers every datagram, the empty one
+    included, with a short one; counts the datagrams answered (like listen)."""
+    sel = selectors.DefaultSelector()
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((addr, int(port)))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    count, last = 0, 0.0
+
+    def write():
+        with open(status + '.tmp', 'w') as f:
+            f.write(str(count))
+        os.replace(status + '.tmp', status)
+
+    write()
+    while not stop:
+        for key, _ in sel.select(0.2):
+            s = key.fileobj
+            while True:
+                try:
+                    _, peer = s.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue
+                try:
+                    s.sendto(b'port_exporter bench\n', peer)
+                except OSError:
+                    pass
+                count += 1
+        now = time.monotonic()
+        if now - last >= 0.2:
+            write()
+            last = now
+    write()
+
+
+def nmap_every_port(path, lo, hi):
+    """(k) Every port's state in nmap's XML: the listed ones, and the folded ones (<extraports>)
+    from their <extrareasons ports="..."> lists (nmap 7.80 and later); without those lists, if
+    one state is folded, every unlisted port of lo-hi is in it."""
+    root = ET.parse(path).getroot()
+    ports, folded = {}, set()
+    for host in root.iter('host'):
+        for p in host.iter('port'):
+            ports[int(p.get('portid'))] = p.find('state').get('state')
+        for ep in host.iter('extraports'):
+            folded.add(ep.get('state'))
+            for er in ep.iter('extrareasons'):
+                for part in filter(None, (er.get('ports') or '').split(',')):
+                    a, _, b = part.rpartition(':')[2].partition('-')
+                    for x in range(int(a), int(b or a) + 1):
+                        ports.setdefault(x, ep.get('state'))
+    if len(folded) == 1:
+        for x in range(int(lo), int(hi) + 1):
+            ports.setdefault(x, next(iter(folded)))
+    return ports
+
+
+UDP_STATES = ('open', 'open|filtered', 'filtered', 'closed', 'error')
+
+
+def udp_compare(ours_path, nmap_path, target, lo, hi, opened, dropped, rejected):
+    """(k) Our port_state (protocol="udp") of each port of lo-hi vs nmap -sU's, and both vs the
+    setup (opened: answered, dropped: open|filtered, rejected: filtered, the rest closed).
+    Prints five lines: ports differing from nmap, ours unlike the setup, nmap's unlike the
+    setup, ports without our state, without nmap's; our counts per state; nmap's (both with
+    `|` escaped for a markdown table); the differing ports (or none); the ports unlike the
+    setup. A port without a state reads `missing`."""
+    lo, hi = int(lo), int(hi)
+    truth = {p: 'closed' for p in range(lo, hi + 1)}
+    for csv, state in ((opened, 'open'), (dropped, 'open|filtered'), (rejected, 'filtered')):
+        truth.update({int(p): state for p in csv.split(',') if p})
+    ours = {}
+    for n, l, v in samples(open(ours_path).read()):
+        if n == 'port_state' and v == 1 and l.get('target') == target and l.get('protocol') == 'udp':
+            ours[int(l['port'])] = l['state']
+    nmap = nmap_every_port(nmap_path, lo, hi)
+    rng = range(lo, hi + 1)
+    differ = [p for p in rng if ours.get(p) != nmap.get(p)]
+    ours_wrong = [p for p in rng if ours.get(p) != truth[p]]
+    nmap_wrong = [p for p in rng if nmap.get(p) != truth[p]]
+
+    def counts(states):
+        c = {}
+        for p in rng:
+            c[states.get(p, 'missing')] = c.get(states.get(p, 'missing'), 0) + 1
+        keys = [k for k in UDP_STATES if k in c] + sorted(k for k in c if k not in UDP_STATES)
+        return ', '.join(f'{k} {c[k]}' for k in keys).replace('|', '\\|')
+
+    def listing(ports, *columns, most=40):
+        if not ports:
+            return 'none'
+        text = '; '.join(f'{p}: ' + ', '.join(f'{name} {states.get(p, "missing")}' for name, states in columns)
+                         for p in ports[:most])
+        return text + (f'; and {len(ports) - most} more' if len(ports) > most else '')
+
+    print(len(differ), len(ours_wrong), len(nmap_wrong), sum(1 for p in rng if p not in ours),
+          sum(1 for p in rng if p not in nmap))
+    print(counts(ours))
+    print(counts(nmap))
+    print(listing(differ, ('ours', ours), ('nmap', nmap), ('set up', truth)))
+    wrong = sorted(set(ours_wrong) | set(nmap_wrong))
+    print(listing(wrong, ('set up', truth), ('ours', ours), ('nmap', nmap)))
+
+
+def icmp(*names):
+    """The caller's namespace's ICMP counters (/proc/net/snmp) of these names, n/a if absent."""
+    lines = [l.split() for l in open('/proc/net/snmp') if l.startswith('Icmp:')]
+    d = dict(zip(lines[0][1:], lines[1][1:]))
+    print(' '.join(d.get(n, 'n/a') for n in names))
 
 
 def config_many(path, targets, ports, interval):
@@ -1426,6 +1564,96 @@ row "j. CPU of that first round (CPU-s at ready): auto vs connect-only" "$J_AC" 
 row "j. every port open and identified as ssh, the listener kept up" "$J_SSH / $J_PORTS ssh" "$J_PORTS open" "" "all $J_PORTS, accepts >= ports, 0 overflows" "$J_RES"
 note "j. A python3 listener on 127.0.0.1:$J_LO-$J_HI (one socket per port) sends \`$J_BANNER\\r\\n\` on accept and closes, so the identification is the shortest one there is: a server that speaks first, read at once. Ours: one target of the $J_PORTS ports as a range, interval 1h, timeout 1s, retries 0, --help's defaults (--probe.concurrency $DEF_CONC, --probe.rate $DEF_RATE); once with no service (connect only: no bytes sent or read) and once with service = \"auto\", a fresh process each, alternating, $J_RUNS time(s) each; figures are medians. Round time: from starting the process to the first 200 of /-/ready (the first round; includes the process start, a few ms), probes/s = ports / that time; connect-only times ${J_CONN_T[*]} s, auto ${J_AUTO_T[*]} s. CPU: utime+stime of /proc/PID/stat at ready, connect-only ${J_CONN_C[*]} s, auto ${J_AUTO_C[*]} s. Kept up: per run the listener's accepts (>= ports), the namespace's TcpExtListenOverflows+ListenDrops (0), port_target_ports{state=\"open\"} = ports, and for auto port_service_info{service=\"ssh\"} = ports; listener CPU-s per run: ${J_LCPU[*]}. No goal in the issue beyond \"identification must not slow the connect-only path\": rows b-d (no service set) are that guard; this row shows the cost of the exchange when it is asked for.$([ ${#J_BAD[@]} = 0 ] || echo " PROBLEMS: ${J_BAD[*]}.")"
 fi # j
+
+# ---------------------------------------------------------------------------------------------
+# 2k. UDP: K_PORTS ports on one host, ours vs nmap -sU, same ports, same states.
+if want k; then
+log "(k) UDP: $K_ADDR ports $K_LO-$K_HI ($K_OPEN_N answered, $K_DROP_N dropped, $K_REJECT_N rejected, the rest closed), default timing, vs nmap -sU -T4"
+# Spread over the range: open every K_PORTS/K_OPEN_N ports from +7, dropped every
+# K_PORTS/K_DROP_N from +3, rejected as many, half a step after the dropped ones.
+K_DSTEP=$((K_PORTS / K_DROP_N))
+mapfile -t K_OPEN < <(seq $((K_LO + 7)) $((K_PORTS / K_OPEN_N)) "$K_HI" | head -n "$K_OPEN_N")
+mapfile -t K_DROP < <(seq $((K_LO + 3)) "$K_DSTEP" "$K_HI" | head -n "$K_DROP_N")
+mapfile -t K_REJECT < <(seq $((K_LO + 3 + K_DSTEP / 2)) $((K_PORTS / K_REJECT_N)) "$K_HI" | head -n "$K_REJECT_N")
+K_DUP=$(printf '%s\n' "${K_OPEN[@]}" "${K_DROP[@]}" "${K_REJECT[@]}" | sort | uniq -d | head -3 | xargs)
+[ -z "$K_DUP" ] || die "(k) port sets overlap: $K_DUP"
+if [ ${#K_OPEN[@]} != "$K_OPEN_N" ] || [ ${#K_DROP[@]} != "$K_DROP_N" ] || [ ${#K_REJECT[@]} != "$K_REJECT_N" ]; then
+    die "(k) the port sets do not fit $K_LO-$K_HI"
+fi
+K_CLOSED_N=$((K_PORTS - K_OPEN_N - K_DROP_N - K_REJECT_N))
+K_OPEN_CSV=$(IFS=,; echo "${K_OPEN[*]}")
+K_DROP_CSV=$(IFS=,; echo "${K_DROP[*]}")
+K_REJECT_CSV=$(IFS=,; echo "${K_REJECT[*]}")
+cmd nsx ip addr add "$K_ADDR/32" dev lo
+spawn K_SERVER "$TMP/udp-answer.log" python3 "$TMP/bench.py" udp-answer "$TMP/answers-k" "$K_ADDR" "${K_OPEN[@]}"
+for _ in $(seq 50); do [ -s "$TMP/answers-k" ] && break; sleep 0.1; done
+[ -s "$TMP/answers-k" ] || die "the UDP responder of k did not start: $(cat "$TMP/udp-answer.log")"
+# Every rule of the row matches -d $K_ADDR -p udp; multiport takes 15 ports a rule.
+cmd nsx iptables -N "$K_CHAIN"
+cmd nsx iptables -A INPUT -d "$K_ADDR" -p udp -j "$K_CHAIN"
+k_rules() { # k_rules ACTION PORTS...: the chain's rules for those ports, 15 a rule
+    local action=$1 chunk
+    shift
+    while read -r chunk; do
+        # shellcheck disable=SC2086 # ACTION is several words on purpose
+        nsx iptables -A "$K_CHAIN" -d "$K_ADDR" -p udp -m multiport --dports "$chunk" -j $action
+    done < <(printf '%s\n' "$@" | xargs -n 15 | tr ' ' ,)
+}
+k_rules DROP "${K_DROP[@]}"
+k_rules "REJECT --reject-with icmp-admin-prohibited" "${K_REJECT[@]}"
+CMDS+=("ip netns exec $NS iptables -A $K_CHAIN -d $K_ADDR -p udp -m multiport --dports P1,...,P15 -j DROP   # the $K_DROP_N dropped ports, 15 a rule: $K_DROP_CSV")
+CMDS+=("ip netns exec $NS iptables -A $K_CHAIN -d $K_ADDR -p udp -m multiport --dports P1,...,P15 -j REJECT --reject-with icmp-admin-prohibited   # the $K_REJECT_N rejected ports: $K_REJECT_CSV")
+{
+    echo '# The default timing: no timeout or retries.'
+    echo '[defaults]'
+    echo 'interval = "1h"'
+    echo
+    echo '[[targets]]'
+    echo 'name = "udp"'
+    echo "host = \"$K_ADDR\""
+    echo 'protocol = "udp"'
+    echo '# Listed one by one: every port has its series (a range port has them only while open).'
+    echo "ports = [$(seq -s ', ' "$K_LO" "$K_HI")]"
+} >"$TMP/udp.toml"
+CMDS+=("# udp.toml: interval 1h, one target $K_ADDR, protocol = \"udp\", ports = [$K_LO, ..., $K_HI] listed one by one; no timeout or retries")
+CMDS+=("(timed from start to /-/ready 200) ip netns exec $NS $BIN --config.file udp.toml --web.listen-address $OURS_ADDR")
+K_ICMP=(OutDestUnreachs OutRateLimitGlobal OutRateLimitHost)
+read -r K_U0 K_G0 K_H0 <<<"$(nsx python3 "$TMP/bench.py" icmp "${K_ICMP[@]}")"
+K_A0=$(cat "$TMP/answers-k")
+launch_timed udp "$TMP/udp.toml" "$K_LIMIT"
+K_TIME=$L_TIME K_CPU=$L_CPU
+fetch "http://$OURS_ADDR/metrics" >"$TMP/udp.metrics" || die "(k) /metrics"
+stop_timed
+sleep 0.3 # the responder's count is written every 0.2 s
+read -r K_U1 K_G1 K_H1 <<<"$(nsx python3 "$TMP/bench.py" icmp "${K_ICMP[@]}")"
+K_A1=$(cat "$TMP/answers-k")
+log "  ours: ready after $K_TIME s ($K_CPU CPU-s)"
+CMDS+=("ip netns exec $NS nmap -sU -T4 -Pn -n -p$K_LO-$K_HI $K_ADDR -oX nmap-udp.xml   # timed with bash's time")
+read -r K_NMAP K_NMAP_USER K_NMAP_SYS < <({ TIMEFORMAT='%R %U %S'; time nsx timeout "$K_LIMIT" nmap -sU -T4 -Pn -n -p"$K_LO-$K_HI" "$K_ADDR" -oX "$TMP/nmap-udp.xml" >/dev/null; } 2>&1) \
+    || die "(k) nmap"
+[ -s "$TMP/nmap-udp.xml" ] || die "(k) nmap wrote no XML"
+sleep 0.3
+read -r K_U2 K_G2 K_H2 <<<"$(nsx python3 "$TMP/bench.py" icmp "${K_ICMP[@]}")"
+K_A2=$(cat "$TMP/answers-k")
+py udp_compare "$TMP/udp.metrics" "$TMP/nmap-udp.xml" udp "$K_LO" "$K_HI" "$K_OPEN_CSV" "$K_DROP_CSV" "$K_REJECT_CSV" \
+    >"$TMP/udp-compare.txt" || die "(k) comparing the states"
+read -r K_DIFF K_OURS_WRONG K_NMAP_WRONG K_OURS_NONE K_NMAP_NONE <"$TMP/udp-compare.txt"
+K_OURS_COUNTS=$(sed -n 2p "$TMP/udp-compare.txt")
+K_NMAP_COUNTS=$(sed -n 3p "$TMP/udp-compare.txt")
+K_DIFF_PORTS=$(sed -n 4p "$TMP/udp-compare.txt")
+K_WRONG_PORTS=$(sed -n 5p "$TMP/udp-compare.txt")
+log "  nmap: $K_NMAP s; ports differing: $K_DIFF (ours unlike the setup: $K_OURS_WRONG, nmap's: $K_NMAP_WRONG)"
+stop "$K_SERVER"
+nsx iptables -D INPUT -d "$K_ADDR" -p udp -j "$K_CHAIN"
+nsx iptables -F "$K_CHAIN"
+nsx iptables -X "$K_CHAIN"
+nsx ip addr del "$K_ADDR/32" dev lo
+k_delta() { if [[ "$1$2" =~ ^[0-9]+$ ]]; then echo $(($2 - $1)); else echo n/a; fi; }
+K_RATIO=$(calc "$K_TIME / $K_NMAP" .2f)
+row "k. UDP host $K_ADDR, $K_PORTS ports ($K_OPEN_N open, $K_DROP_N dropped, $K_REJECT_N rejected admin-prohibited, $K_CLOSED_N closed), default timing, one round: start to ready (s)" "$K_TIME" "$K_NMAP (nmap -sU -T4)" "${K_RATIO}x" "- (none in the issue)" "n/a"
+row "k. UDP: ports whose state differs from nmap -sU's" "$K_DIFF of $K_PORTS ($K_OURS_COUNTS)" "$K_NMAP_COUNTS" "" "0" "$(judge "$K_DIFF" '==' 0)"
+note "k. $K_ADDR on lo; ports $K_LO-$K_HI: $K_OPEN_N answered by a python3 UDP responder bound to $K_ADDR (any datagram, the empty one included, gets a reply: open) at ${K_OPEN[*]}; $K_DROP_N dropped (iptables DROP: open|filtered) at every ${K_DSTEP}th port from $((K_LO + 3)); $K_REJECT_N rejected (REJECT --reject-with icmp-admin-prohibited: filtered) half a step after those; the other $K_CLOSED_N bound by nothing (ICMP port unreachable: closed). The rules sit in chain $K_CHAIN, jumped to for -d $K_ADDR -p udp, and are removed after the row with the address. On the namespace's lo the kernel does not rate-limit ICMP errors (loopback is exempt from net.ipv4.icmp_ratelimit and icmp_msgs_per_sec), so every closed and rejected port answers at once, every time, which a remote host's kernel would not (one error a second, a burst of 50, by default): this row is the best case for both tools, and it prices the silent ports' retries; errors the kernel withheld during our round $(k_delta "$K_G0" "$K_G1") (OutRateLimitGlobal) + $(k_delta "$K_H0" "$K_H1") (OutRateLimitHost), during nmap's $(k_delta "$K_G1" "$K_G2") + $(k_delta "$K_H1" "$K_H2"); ICMP unreachables sent during ours $(k_delta "$K_U0" "$K_U1"), during nmap's $(k_delta "$K_U1" "$K_U2"). Ours: one target, protocol = \"udp\", the $K_PORTS ports listed (every one has its series), interval 1h (one round), the default timing (--help's defaults, --probe.concurrency $DEF_CONC, --probe.rate $DEF_RATE); time from starting the process to the first 200 of /-/ready (the first round, as in g), $K_CPU CPU-s at ready; datagrams the responder answered during it: $((K_A1 - K_A0)). nmap: \`nmap -sU -T4 -Pn -n -p$K_LO-$K_HI $K_ADDR\`, wall time of one run, CPU (user+sys) $(calc "$K_NMAP_USER + $K_NMAP_SYS" .2f) s, its own elapsed $(py nmap_elapsed "$TMP/nmap-udp.xml") s; datagrams answered: $((K_A2 - K_A1)). States: ours from port_state{target=\"udp\",protocol=\"udp\",...} = 1 on /metrics after the round, nmap's from its XML (listed ports, and folded ones from <extrareasons ports>), nmap's open|filtered read as our open|filtered and its filtered as our filtered; $K_DIFF ports differ$([ "$K_DIFF" = 0 ] || echo " ($K_DIFF_PORTS)"); unlike the setup: ours $K_OURS_WRONG, nmap's $K_NMAP_WRONG$([ "$K_OURS_WRONG$K_NMAP_WRONG" = 00 ] || echo " ($K_WRONG_PORTS)"); without a state: ours $K_OURS_NONE, nmap's $K_NMAP_NONE. No goal for the time: the issue asks for the comparison and sets no number; the states must agree."
+fi # k
 
 # ---------------------------------------------------------------------------------------------
 # 3. The report.
