@@ -3,14 +3,22 @@
 # on one machine, inside a network namespace of its own.
 #
 # Usage (as root):
-#   benches/run.sh [--smoke] [--out FILE] [--bin PATH]
+#   benches/run.sh [--smoke] [--rows LIST] [--out FILE] [--bin PATH]
 #     --smoke     tiny sizes and 1-10 s durations (about a minute): checks the harness; g
 #                 scans ports 1-900 and 8000-8100, h runs 2 rounds, i probes 2 x 2000 pairs
-#                 every 6s with --probe.concurrency 8192, j runs 200 ports once each way.
+#                 every 6s with --probe.concurrency 8192, j runs 200 ports once each way,
+#                 k probes 100 UDP ports (5 open, 10 dropped, 10 rejected).
 #                 Goals are judged and reported, but only a failing step fails the script.
 #     --out FILE  also write the report (machine, versions, commands, table, notes) to FILE.
 #     --bin PATH  use this port_exporter binary instead of `cargo build --release`'s
 #                 target/release/port_exporter (the smoke test passes the test build's binary).
+#     --rows LIST run only these rows of section 2, letters a-k separated by commas (e.g.
+#                 `--rows e,k`); default: every row. The build, tools, namespace and common
+#                 listener always run, and so does the report, which names the rows that ran
+#                 (rows not run are left out of its table). Rows that measure on another row's
+#                 setup bring it along: d implies c (it measures c's exporter), f implies a
+#                 and d (its figures are taken right after them), hence c; g, h and i share one
+#                 setup (their addresses and listener), made when any of them runs.
 #
 # Needs: root, cargo (unless --bin), ip, iptables, ss (iproute2), curl, nmap, wrk,
 # prometheus-blackbox-exporter, python3. Debian: apt-get install -y iproute2 iptables curl nmap
@@ -50,9 +58,10 @@
 #   f. TIME_WAIT: `ss -tan state time-wait` on the open port after our wrk run of (a) and after
 #      the scheduled rounds of (d) (ours closes with a reset: goal 0), and after blackbox's.
 #   Rows g-i use addresses of 198.18.0.0/15 on the namespace's lo (198.18.0.1, 198.18.2.1,
-#   198.18.1.1-16) and a second listener bound to those addresses only; each row adds its
-#   iptables rules (matching its own addresses) and removes them after. Their configs set no
-#   timeout or retries: the exporter's default timing is what they measure.
+#   198.18.1.1-16; row k 198.18.3.1, with a UDP responder of its own) and a second listener
+#   bound to those addresses only; each row adds its iptables rules (matching its own
+#   addresses) and removes them after. Their configs set no timeout or retries: the
+#   exporter's default timing is what they measure.
 #   g. firewalled host: 198.18.0.1, where iptables drops every SYN but those to 80 and 443
 #      (listeners: open) and 8080 (REJECT --reject-with tcp-reset: closed). One target, ports
 #      1-65535, default config (interval 1h; expect filtered, which changes no timing, only
@@ -98,6 +107,20 @@
 #      port_service_info{service="ssh"}, or the row fails. No numeric goal: the issue asks
 #      that identification not slow the connect-only path, and rows b-d (no service set) are
 #      that guard; this row prices the exchange when it is asked for.
+#   k. UDP, 1,000 ports on one host: 198.18.3.1 on the namespace's lo (no other row uses it),
+#      ports 41000-41999: 10 answered by a python3 UDP responder bound to that address (any
+#      datagram, the empty one included, gets a reply: open), 50 dropped (iptables DROP:
+#      open|filtered), 50 rejected (REJECT --reject-with icmp-admin-prohibited: filtered), the
+#      other 890 bound by nothing (ICMP port unreachable: closed); spread over the range. Its
+#      rules sit in a chain of their own, jumped to for -d 198.18.3.1 -p udp, removed after the
+#      row. Ours: one target, protocol = "udp", the 1,000 ports listed (each has its series),
+#      interval 1h, default timing (no timeout or retries); the figure is start to /-/ready 200
+#      (timed like b) vs the wall time of `nmap -sU -T4 -Pn -n -p41000-41999 198.18.3.1`. States
+#      are compared port by port (ours: port_state{protocol="udp"} on /metrics; nmap's XML, its
+#      open|filtered as ours open|filtered, its filtered as ours filtered): the row reports the
+#      ports that differ (goal 0, and the note lists them) and the time ratio (no goal: the
+#      issue sets no number). On lo the kernel does not rate-limit ICMP errors, so every closed
+#      port answers every probe at once: a best case for both tools, unlike a remote host.
 #
 # Exit status: 0 when every step ran (and, in full mode, every goal passed); 1 when a step
 # failed; 3 in full mode when a goal failed. Processes are stopped by PID and the namespace is
@@ -108,6 +131,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 MODE=full
 OUT=
 BIN=
+ROWS_ARG="" ROWS_GIVEN=""
 while [ $# -gt 0 ]; do
     case "$1" in
     --smoke) MODE=smoke ;;
@@ -115,6 +139,8 @@ while [ $# -gt 0 ]; do
     --out=*) OUT=${1#--out=} ;;
     --bin) BIN=${2:?--bin needs a path}; shift ;;
     --bin=*) BIN=${1#--bin=} ;;
+    --rows) ROWS_ARG=${2:?--rows needs a list, e.g. e,k}; ROWS_GIVEN=1; shift ;;
+    --rows=*) ROWS_ARG=${1#--rows=} ROWS_GIVEN=1 ;;
     -h | --help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "unknown argument: $1 (see --help)" >&2; exit 1 ;;
     esac
@@ -123,6 +149,34 @@ done
 if [ -n "$OUT" ]; then
     case "$OUT" in /*) ;; *) OUT="$PWD/$OUT" ;; esac
 fi
+
+# Rows to run (--rows): those asked for, plus the rows they measure on.
+ALL_ROWS=(a b c d e f g h i j k)
+declare -A RUN=()
+if [ -z "$ROWS_GIVEN" ]; then
+    for r in "${ALL_ROWS[@]}"; do RUN[$r]=1; done
+else
+    IFS=', ' read -r -a ASKED <<<"${ROWS_ARG,,}"
+    [ ${#ASKED[@]} -gt 0 ] || { echo "--rows: no rows in '$ROWS_ARG' (rows: ${ALL_ROWS[*]})" >&2; exit 1; }
+    for r in "${ASKED[@]}"; do
+        [[ " ${ALL_ROWS[*]} " == *" $r "* ]] || { echo "--rows: unknown row '$r' (rows: ${ALL_ROWS[*]})" >&2; exit 1; }
+        RUN[$r]=1
+    done
+fi
+IMPLIED=()
+if [ -n "${RUN[f]:-}" ]; then
+    for r in a d; do [ -n "${RUN[$r]:-}" ] || { RUN[$r]=1; IMPLIED+=("$r (for f)"); }; done
+fi
+if [ -n "${RUN[d]:-}" ] && [ -z "${RUN[c]:-}" ]; then RUN[c]=1; IMPLIED+=("c (for d)"); fi
+# Each row's section below is `if want X; then ... fi # X`, its body not indented (its
+# heredocs are written as they are).
+want() { [ -n "${RUN[$1]:-}" ]; }
+RAN=() SKIPPED=()
+for r in "${ALL_ROWS[@]}"; do
+    if want "$r"; then RAN+=("$r"); else SKIPPED+=("$r"); fi
+done
+IMPLIED_TXT=""
+if [ ${#IMPLIED[@]} -gt 0 ]; then IMPLIED_TXT=$(printf '%s, ' "${IMPLIED[@]}"); IMPLIED_TXT=${IMPLIED_TXT%, }; fi
 
 # ---------------------------------------------------------------------------------------------
 # Sizes per mode.
@@ -138,6 +192,7 @@ if [ "$MODE" = full ]; then
     H_ROUNDS=12 H_INTERVAL=5
     I_ADDRS=16 I_PORTS=65535 I_INTERVAL=300 I_CONC=9000 I_RATE=25000 I_EVERY=30
     J_LO=20000 J_HI=29999 J_RUNS=3
+    K_PORTS=1000 K_OPEN_N=10 K_DROP_N=50 K_REJECT_N=50 K_LIMIT=600
 else
     WRK_ARGS=(-t2 -c8 -d1s --latency)
     WRK_WARMUP=()
@@ -150,6 +205,7 @@ else
     H_ROUNDS=2 H_INTERVAL=5
     I_ADDRS=2 I_PORTS=2000 I_INTERVAL=6 I_CONC=8192 I_RATE=25000 I_EVERY=2
     J_LO=20000 J_HI=20199 J_RUNS=1
+    K_PORTS=100 K_OPEN_N=5 K_DROP_N=10 K_REJECT_N=10 K_LIMIT=300
 fi
 CONCURRENT=8
 E_PORTS=$((E_HI - E_LO + 1))
@@ -169,6 +225,9 @@ I_OPEN=(1 80 443)                     # (i): open on each; port 1 marks a round'
 I_PAIRS=$((I_ADDRS * I_PORTS))
 J_PORTS=$((J_HI - J_LO + 1))          # (j): open ports on 127.0.0.1 (e's range; its DROP rule is gone)
 J_BANNER=SSH-2.0-bench                # (j): what they send on accept, then close
+K_ADDR=198.18.3.1 K_LO=41000          # (k): the UDP host, and the first of its K_PORTS ports
+K_HI=$((K_LO + K_PORTS - 1))
+K_CHAIN=PE-BENCH-K                    # (k): its iptables chain (jumped to for -d $K_ADDR -p udp)
 OURS_ADDR=127.0.0.1:9799
 BB_ADDR=127.0.0.1:9115
 STATIC_ADDR=127.0.0.1:18099
@@ -318,6 +377,7 @@ if [ -z "$BIN" ]; then
     BIN=$ROOT/target/release/port_exporter
 fi
 [ -x "$BIN" ] || die "no executable $BIN"
+log "rows: ${RAN[*]}$([ -z "$IMPLIED_TXT" ] || echo " (implied: $IMPLIED_TXT)")$([ ${#SKIPPED[@]} = 0 ] || echo "; not run: ${SKIPPED[*]}")"
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
 
 TMP=$(mktemp -d /tmp/pe-bench.XXXXXX)
@@ -775,6 +835,123 @@ def stats(*values):
     print(f'{statistics.median(v):.4f} {v[0]:.4f} {v[-1]:.4f}')
 
 
+def udp_answer(status, addr, *ports):
+    """(k) A UDP socket bound to addr:port for each port; answers every datagram, the empty one
+    included, with a short one; counts the datagrams answered (like listen)."""
+    sel = selectors.DefaultSelector()
+    for port in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind((addr, int(port)))
+        s.setblocking(False)
+        sel.register(s, selectors.EVENT_READ)
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    count, last = 0, 0.0
+
+    def write():
+        with open(status + '.tmp', 'w') as f:
+            f.write(str(count))
+        os.replace(status + '.tmp', status)
+
+    write()
+    while not stop:
+        for key, _ in sel.select(0.2):
+            s = key.fileobj
+            while True:
+                try:
+                    _, peer = s.recvfrom(65535)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue
+                try:
+                    s.sendto(b'port_exporter bench\n', peer)
+                except OSError:
+                    pass
+                count += 1
+        now = time.monotonic()
+        if now - last >= 0.2:
+            write()
+            last = now
+    write()
+
+
+def nmap_every_port(path, lo, hi):
+    """(k) Every port's state in nmap's XML: the listed ones, and the folded ones (<extraports>)
+    from their <extrareasons ports="..."> lists (nmap 7.80 and later); without those lists, if
+    one state is folded, every unlisted port of lo-hi is in it."""
+    root = ET.parse(path).getroot()
+    ports, folded = {}, set()
+    for host in root.iter('host'):
+        for p in host.iter('port'):
+            ports[int(p.get('portid'))] = p.find('state').get('state')
+        for ep in host.iter('extraports'):
+            folded.add(ep.get('state'))
+            for er in ep.iter('extrareasons'):
+                for part in filter(None, (er.get('ports') or '').split(',')):
+                    a, _, b = part.rpartition(':')[2].partition('-')
+                    for x in range(int(a), int(b or a) + 1):
+                        ports.setdefault(x, ep.get('state'))
+    if len(folded) == 1:
+        for x in range(int(lo), int(hi) + 1):
+            ports.setdefault(x, next(iter(folded)))
+    return ports
+
+
+UDP_STATES = ('open', 'open|filtered', 'filtered', 'closed', 'error')
+
+
+def udp_compare(ours_path, nmap_path, target, lo, hi, opened, dropped, rejected):
+    """(k) Our port_state (protocol="udp") of each port of lo-hi vs nmap -sU's, and both vs the
+    setup (opened: answered, dropped: open|filtered, rejected: filtered, the rest closed).
+    Prints five lines: ports differing from nmap, ours unlike the setup, nmap's unlike the
+    setup, ports without our state, without nmap's; our counts per state; nmap's (both with
+    `|` escaped for a markdown table); the differing ports (or none); the ports unlike the
+    setup. A port without a state reads `missing`."""
+    lo, hi = int(lo), int(hi)
+    truth = {p: 'closed' for p in range(lo, hi + 1)}
+    for csv, state in ((opened, 'open'), (dropped, 'open|filtered'), (rejected, 'filtered')):
+        truth.update({int(p): state for p in csv.split(',') if p})
+    ours = {}
+    for n, l, v in samples(open(ours_path).read()):
+        if n == 'port_state' and v == 1 and l.get('target') == target and l.get('protocol') == 'udp':
+            ours[int(l['port'])] = l['state']
+    nmap = nmap_every_port(nmap_path, lo, hi)
+    rng = range(lo, hi + 1)
+    differ = [p for p in rng if ours.get(p) != nmap.get(p)]
+    ours_wrong = [p for p in rng if ours.get(p) != truth[p]]
+    nmap_wrong = [p for p in rng if nmap.get(p) != truth[p]]
+
+    def counts(states):
+        c = {}
+        for p in rng:
+            c[states.get(p, 'missing')] = c.get(states.get(p, 'missing'), 0) + 1
+        keys = [k for k in UDP_STATES if k in c] + sorted(k for k in c if k not in UDP_STATES)
+        return ', '.join(f'{k} {c[k]}' for k in keys).replace('|', '\\|')
+
+    def listing(ports, *columns, most=40):
+        if not ports:
+            return 'none'
+        text = '; '.join(f'{p}: ' + ', '.join(f'{name} {states.get(p, "missing")}' for name, states in columns)
+                         for p in ports[:most])
+        return text + (f'; and {len(ports) - most} more' if len(ports) > most else '')
+
+    print(len(differ), len(ours_wrong), len(nmap_wrong), sum(1 for p in rng if p not in ours),
+          sum(1 for p in rng if p not in nmap))
+    print(counts(ours))
+    print(counts(nmap))
+    print(listing(differ, ('ours', ours), ('nmap', nmap), ('set up', truth)))
+    wrong = sorted(set(ours_wrong) | set(nmap_wrong))
+    print(listing(wrong, ('set up', truth), ('ours', ours), ('nmap', nmap)))
+
+
+def icmp(*names):
+    """The caller's namespace's ICMP counters (/proc/net/snmp) of these names, n/a if absent."""
+    lines = [l.split() for l in open('/proc/net/snmp') if l.startswith('Icmp:')]
+    d = dict(zip(lines[0][1:], lines[1][1:]))
+    print(' '.join(d.get(n, 'n/a') for n in names))
+
+
 def config_many(path, targets, ports, interval):
     """(c, d): `targets` targets on 127.1.x.y, each with `ports` listed ports from 10000."""
     plist = ', '.join(str(10000 + i) for i in range(int(ports)))
@@ -800,6 +977,7 @@ LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 
 # ---------------------------------------------------------------------------------------------
 # 2a. /probe throughput, ours vs blackbox_exporter, and (f) TIME_WAIT after each.
+if want a; then
 log "(a) /probe throughput: wrk ${WRK_ARGS[*]}"
 cat >"$TMP/probe.toml" <<EOF
 [defaults]
@@ -873,9 +1051,11 @@ row "a. /probe latency p99 (ms, under that load)" "$O_P99" "$B_P99" "$(calc "$O_
 row "a. listener kept up: accepts / requests, listen overflows" "$O_ACC / $O_REQ, $O_OVF" "$B_ACC / $B_REQ, $B_OVF" "" "accepts >= requests, 0 overflows" \
     "$(judge "$(( (O_ACC >= O_REQ && B_ACC >= B_REQ && O_OVF == 0 && B_OVF == 0) ? 1 : 0 ))" '==' 1)"
 note "a. Both /probe endpoints probe 127.0.0.1:$OPEN_A (a python3 accept-and-close loop) with a 1 s timeout and one attempt; the same wrk client, one after the other (ours first), each after a 2 s warm-up run (full mode). 'accepts' counts the listener's accepted connections during the wrk run (one per probe), 'listen overflows' is TcpExtListenOverflows+ListenDrops of the namespace: both show whether the listener kept up. wrk, the exporter and the listener share the machine's $(nproc) cores; the listener used $O_LCPU CPU-s during our run and $B_LCPU CPU-s during blackbox's. CPU per request = utime+stime of the exporter process over the wrk run / requests."
+fi # a
 
 # ---------------------------------------------------------------------------------------------
 # 2b. Full range vs nmap.
+if want b; then
 log "(b) full range $RANGE_LO-$RANGE_HI vs nmap"
 cmd nsx iptables -A INPUT -p tcp --dport "$B_DROP" -j DROP
 cat >"$TMP/range.toml" <<EOF
@@ -958,9 +1138,11 @@ row "b. full range states agree with nmap (every run)" "$(echo "$R_AGREE" | cut 
 note "b. Ours: the time from starting the process to the first 200 of /-/ready (every target probed once; polled every 10 ms from inside the namespace; the process is up, /-/healthy, after a few ms, so this is the first round's duration); median of $OURS_RUNS run(s): ${DEF_TIMES[*]} s. nmap: wall time of $NMAP_RUNS run(s): ${NMAP_TIMES[*]} s, CPU (user+sys) ${NMAP_CPU[*]} s (nmap's own elapsed, first run: $(py nmap_elapsed "$TMP/nmap.xml") s). CPU-s of ours = utime+stime of the process at ready. Retries 0: the DROP port's probe alone takes timeout x (retries + 1), so 1 s is a floor for ours with this config (with retries 1 every setting measured 2.2 s, the 2 s floor); no false filtered is checked above; nmap adapts its timeouts to the round-trip times it measures (about 1 s for that port scanned alone). Config: timeout 1s, retries 0, expect closed; open: ${B_OPEN[*]} and whatever else listens in the namespace (the listener's other ports, our own $OURS_ADDR), filtered: $B_DROP (iptables DROP). Flags tried (each run compared with nmap):"
 for d in "${B_DETAIL[@]}"; do note "   - $d"; done
 nsx iptables -D INPUT -p tcp --dport "$B_DROP" -j DROP
+fi # b
 
 # ---------------------------------------------------------------------------------------------
 # 2c. /metrics with 100k pairs, and 2d. scheduled probing of the same pairs.
+if want c; then
 log "(c) /metrics with $C_TARGETS targets x $C_PORTS ports = $PAIRS pairs"
 py config_many "$TMP/many.toml" "$C_TARGETS" "$C_PORTS" "$C_INTERVAL"
 CMDS+=("# many.toml: $C_TARGETS targets 127.1.x.y, ports = [10000, ..., $((10000 + C_PORTS - 1))] each, interval $C_INTERVAL, timeout 1s, retries 1, expect closed")
@@ -1038,7 +1220,9 @@ row "c. /metrics, $PAIRS pairs, median of $SCRAPES uncompressed scrapes (ms)" "$
 row "c. /metrics gzip, median of $SCRAPES (ms)" "$G_MED_MS ($(calc "$GZ_SIZE / 1048576" .1f) MiB)" "none" "" "" "n/a"
 row "c. $CONCURRENT concurrent scrapes: slowest (ms), table renders used" "$(calc "$CC_MAX * 1000" .1f), $R_USED renders" "none" "" "shared (renders < $CONCURRENT)" "$(judge "$R_USED" '<' "$CONCURRENT")"
 note "c. $C_TARGETS targets on 127.1.x.y x $C_PORTS listed ports (10000-$((10000 + C_PORTS - 1)); ${D_OPEN[*]} open, the rest closed; expect closed) = $PAIRS pairs, $ROWS_STATE port_state series, $LINES samples, $SIZE bytes ($GZ_SIZE gzip). Ready after $MANY_READY s. curl time_total: uncompressed median $C_MED s (min $C_MIN, max $C_MAX), gzip median $G_MED s (min $G_MIN, max $G_MAX). Renderings during the uncompressed series: $PLAIN_RENDERS of $SCRAPES scrapes, during the gzip series: $GZ_RENDERS (probes change the table every few ms to tens of ms; a scrape that finds it unchanged is served from the cache in a few ms). $CONCURRENT concurrent scrapes: median $CC_MED s, slowest $CC_MAX s; renders counter before $R_BEFORE, seen in their bodies: ${R_SEEN[*]}. The static-file baseline serves the same $SIZE bytes (median of $SCRAPES: $S_MED s); there is no peer exporter for this figure."
+fi # c
 
+if want d; then
 log "(d) scheduled probing: warm-up $D_WARMUP s, window $D_WINDOW s"
 sleep "$D_WARMUP"
 # Only the exporter's own metrics (at the end of the body) are needed from these two scrapes.
@@ -1063,10 +1247,14 @@ D_P99_MS=$(ms_or "$D_P99")
 if [[ "$D_P99" == ">"* ]]; then D_RES=FAIL; else D_RES=$(judge "$D_P99" '<' 1); fi
 row "d. probe start lateness p99 (ms)" "$D_P99_MS" "none" "" "< 1000 ms" "$D_RES"
 note "d. Window $(calc "$w1 - $w0" .1f) s after ${D_WARMUP} s of warm-up (and the scrapes of c), no scrapes inside it: $D_PROBES probes finished (schedule: ~$D_EXPECTED), $D_N lateness observations. VmRSS at the end $RSS kB, which includes the last rendering the exporter caches for the next scrape ($SIZE bytes of text and $GZ_SIZE of gzip); $MANY_RSS_READY kB 1 s after ready, before any scrape; peak VmHWM $HWM kB ($(calc "$HWM / $PAIRS" .2f) KB/pair), reached while rendering for the scrapes of c. Per pair = VmRSS at the end / $PAIRS. CPU = (utime+stime) of /proc/PID/stat over the window / wall time."
+fi # d
+if want c; then
 stop "$MANY"
+fi # c: the exporter of c and d
 
 # ---------------------------------------------------------------------------------------------
 # 2e. 9,000 silent ports in flight.
+if want e; then
 log "(e) $E_PORTS silent ports in flight"
 cat >"$TMP/silent.toml" <<EOF
 [[targets]]
@@ -1129,16 +1317,20 @@ row "e. extra resident memory with them in flight (MB)" "$E_EXTRA" "none" "" "<=
 row "e. probe start lateness p99 while they are in flight (ms)" "$E_P99_MS" "none" "" "< 50 ms" "$E_RES"
 row "e. probe start lateness p99 of the round starting them (ms)" "$(ms_or "$E_START_P99")" "none" "" "" "n/a"
 note "e. --probe.concurrency $E_CONC; target 'silent' $E_LO-$E_HI (timeout ${E_TIMEOUT}s, retries 0, interval ${E_INTERVAL}s, expect not_open) and target 'open' (${#E_OPEN[@]} open ports, interval 1s). Baseline: median VmRSS $E_BASE kB over $E_BASE_SECS s after the first round, before the DROP rule (the silent ports answered with resets and have their rows; most in flight then: $E_BASE_INFLIGHT). Then the DROP rule; the target's next round had all $E_PORTS in flight $E_WAITED s later; then $E_SAMPLES samples every 0.5 s over $E_WINDOW s (inside the $E_TIMEOUT s the probes wait), $E_BUSY of them with >= 90% in flight; their highest VmRSS $E_RSS kB (VmHWM $E_HWM kB). Lateness while in flight: the $E_N probes started in that window (the open target's). Lateness of the round starting them: $E_START_N probes from the DROP rule until all were in flight, the $E_PORTS silent ones included. At the end $E_OPEN_OK of ${#E_OPEN[@]} open ports read open."
+fi # e
 
 # ---------------------------------------------------------------------------------------------
 # 2f. TIME_WAIT.
+if want f; then
 row "f. TIME_WAIT sockets on the open port after the wrk run of a" "$F_OURS_TW" "$F_BB_TW (blackbox_exporter; $F_BB_TW_PROBER on its side)" "" "ours 0" "$(judge "$F_OURS_TW" '==' 0)"
 row "f. TIME_WAIT on ports ${D_OPEN[0]}-${D_OPEN[-1]} after the scheduled rounds of d" "$F_D_TW" "n/a" "" "0" "$(judge "$F_D_TW" '==' 0)"
 note "f. \`ss -tan state time-wait\` in the namespace, counting sockets with the open port on either side, 1 s after each wrk run ($O_REQ probes by ours, $B_REQ by blackbox; before blackbox's run: $F_BB_TW_BEFORE). The listener closes its side at once after accept; ours resets (SO_LINGER 0) so neither side keeps TIME_WAIT; blackbox closes with a FIN. net.ipv4.tcp_max_tw_buckets in the namespace: $TW_MAX."
+fi # f
 
 # ---------------------------------------------------------------------------------------------
 # 2g-2i: addresses of 198.18.0.0/15 on the namespace's lo, and a listener bound to those only
 # (nothing of a-f listens on them, and none of their ports opens on 127.0.0.1).
+if want g || want h || want i; then
 log "(g-i) addresses $G_ADDR, $H_ADDR, $I_NET.1-$I_ADDRS on lo, and their listener"
 cmd nsx ip addr add "$G_ADDR/32" dev lo
 cmd nsx ip addr add "$H_ADDR/32" dev lo
@@ -1157,9 +1349,11 @@ LISTENER2=$!
 PIDS+=("$LISTENER2")
 for _ in $(seq 50); do [ -s "$TMP/accepts2" ] && break; sleep 0.1; done
 [ -s "$TMP/accepts2" ] || die "the listener of g-i did not start: $(cat "$TMP/listener2.log")"
+fi # g-i
 
 # ---------------------------------------------------------------------------------------------
 # 2g. A firewalled host, ours vs nmap.
+if want g; then
 log "(g) firewalled host $G_ADDR, ports ${G_RANGES[*]}, default timing"
 cmd nsx iptables -A INPUT -d "$G_ADDR" -p tcp -m multiport --dports "$G_OPEN_CSV" -j ACCEPT
 cmd nsx iptables -A INPUT -d "$G_ADDR" -p tcp --dport "$G_CLOSED" -j REJECT --reject-with tcp-reset
@@ -1200,9 +1394,11 @@ if [[ "$G_AGREE" == agree* ]]; then G_RES=pass; else G_RES=FAIL; fi
 row "g. firewalled host, ports ${G_RANGES[*]} (every SYN dropped but ${G_OPEN[*]} open, $G_CLOSED reset), default timing: start to ready (s)" "$G_TIME" "$G_NMAP (nmap -sT -T4)" "${RATIO_G}x" "<= 0.5x" "$(judge "$RATIO_G" '<=' 0.5)"
 row "g. firewalled host: states agree with nmap" "$(echo "$G_AGREE" | cut -d' ' -f2-5 | cut -d';' -f1)" "$(py nmap_summary "$TMP/nmap-firewalled.xml")" "" "same open and closed sets" "$G_RES"
 note "g. $G_ADDR on lo; iptables: ACCEPT to ${G_OPEN[*]} (listeners bound to $G_ADDR), REJECT --reject-with tcp-reset to $G_CLOSED, DROP of every other SYN to $G_ADDR. Ours: the default timing (no timeout or retries keys: --help's defaults, --probe.concurrency $DEF_CONC, --probe.rate $DEF_RATE), interval 1h, expect filtered (no effect on timing: every open and closed range port then has its series); time from starting the process to the first 200 of /-/ready (the first round), one run, $G_CPU CPU-s at ready. nmap: wall time of one run, CPU (user+sys) $(calc "$G_NMAP_USER + $G_NMAP_SYS" .2f) s, its own elapsed $(py nmap_elapsed "$TMP/nmap-firewalled.xml") s. Compared: the per-state counts (ours port_target_ports) and the open and closed ports one by one: $G_AGREE."
+fi # g
 
 # ---------------------------------------------------------------------------------------------
 # 2h. A lossy path: false filtered per probe, ours vs nmap.
+if want h; then
 log "(h) lossy path $H_ADDR, $H_LOSS loss each way, $H_PORTS ports x $H_ROUNDS rounds"
 H_RANGE=$H_OPEN_LO:$H_CLOSED_HI
 cmd nsx iptables -A INPUT -d "$H_ADDR" -p tcp --dport "$H_RANGE" -m statistic --mode random --probability "$H_LOSS" -j DROP
@@ -1249,9 +1445,11 @@ if [[ "$H_MED" =~ ^[0-9.]+$ ]]; then H_TRATIO="$(calc "$H_MED / $H_NMED" .2f)x";
 row "h. lossy path ($H_LOSS drop each way), $H_PORTS ports (open and closed), default timing, $H_ROUNDS rounds: false filtered per probe" "$H_FF / $H_PROBES ($H_PCT%)" "$H_NFF / $H_NSCANNED ($H_NPCT%) (nmap -sT -T4, $H_ROUNDS runs)" "$H_RATIO" "<= 0.1% and <= nmap's" "$H_RES"
 row "h. lossy path: round time, median / max (s)" "$H_MED / $H_MAX" "$H_NMED / $H_NMAX" "$H_TRATIO" "" "n/a"
 note "h. $H_ADDR on lo; $H_OPEN_LO-$H_OPEN_HI listen (bound to $H_ADDR), $H_CLOSED_LO-$H_CLOSED_HI answer with resets; iptables drops $H_LOSS of the packets to those ports (--dport: SYNs, the client's ACKs and resets) and of those from them (--sport: SYN-ACKs, resets), independently; the exporter's web port is not matched. Ours: the $H_PORTS ports listed, interval ${H_INTERVAL}s, the default timing; one process for $H_ROUNDS rounds (the first: ready after $H_FIRST s). False filtered = port_exporter_probes_total{state=\"filtered\"} after the last round (no port is truly filtered) / every probe finished then (all states). Round time: /metrics polled every 0.1 s; a round is done when the probes are a multiple of $H_PORTS with none in flight; its time is the spread of port_last_probe_timestamp_seconds over its ports in that scrape (the first answer comes a few ms after the round starts). Rounds seen done: $H_SEEN ($H_MISSED ran into the next or were not seen); in their scrapes $H_FF_SCRAPED ports read filtered (a cross-check of the counter) and $H_WRONG in a wrong state other than filtered (must be 0). nmap: $H_ROUNDS runs of the same ports, wall times ${H_NMAP_TIMES[*]} s; its filtered ports over all runs / ports scanned."
+fi # h
 
 # ---------------------------------------------------------------------------------------------
 # 2i. 1M silent pairs on schedule.
+if want i; then
 log "(i) $I_PAIRS silent pairs: $I_ADDRS addresses x $I_PORTS ports, interval ${I_INTERVAL}s, --probe.concurrency $I_CONC"
 cmd nsx iptables -A INPUT -d "$I_NET.0/24" -p tcp -m multiport --dports "$I_OPEN_CSV" -j ACCEPT
 cmd nsx iptables -A INPUT -d "$I_NET.0/24" -p tcp --syn -j DROP
@@ -1298,9 +1496,11 @@ row "i. CPU over one interval after the first round (cores)" "$I_CORES" "none" "
 row "i. resident memory at the end of that interval (MB)" "$I_RSS_MB (peak $(calc "$I_HWM / 1024" .0f))" "none" "" "<= 300 MB" "$(judge "$I_RSS_MB" '<=' 300)"
 row "i. probe start lateness p99 over that interval (ms)" "$I_P99_MS" "none" "" "< 1000 ms" "$I_LRES"
 note "i. $I_NET.1-$I_ADDRS on lo; iptables: ACCEPT to ${I_OPEN[*]} (listeners bound to each address), DROP of every other SYN to $I_NET.0/24. Ours: $I_ADDRS targets, ports 1-$((I_PORTS - 1)) as a range and $I_PORTS listed, interval ${I_INTERVAL}s, the default timing, --probe.concurrency $I_CONC (with the fixed timing, 2 attempts of 2 s per silent pair, $I_PAIRS pairs take $(calc "$I_PAIRS * 4 / $DEF_CONC" .0f) s on the default $DEF_CONC slots, $(calc "$I_PAIRS * 4 / $I_CONC" .0f) s on $I_CONC; lowered by the fd limit: $([ "$I_LOWERED" = 0 ] && echo no || echo YES, see its log)), --probe.rate $I_RATE (the pace at which $I_CONC slots of 2 x 100 ms + 200 ms per silent pair never make a probe wait). First round (every target at once, at start): ready after $I_READY s. Then a window of $(calc "$w1 - $w0" .1f) s (one interval) from ready: $I_PROBES probes finished (pairs: $I_PAIRS; filtered at the end: $I_FILTERED), $I_N lateness observations, at most $I_MOST in flight in the samples. Rounds: /metrics every ${I_EVERY}s; per target, port_last_probe_timestamp_seconds of port 1 (open, the first probe of a round, answered at once: the round's start) and of port $I_PORTS (silent, the last to start and so the last to finish: the round's end); $I_TARGETS targets seen; $I_COMPLETE rounds seen from start to end, the first ones included (ready, $I_READY s, bounds those), in seconds: ${I_ROUNDS//,/ }; $I_RUNNING still running at the last sample (oldest $I_OLDEST s), $I_UNSEEN whose end was never sampled. The start is port 1's answer, so a round's wait for a slot before its first probe is not in its time. Lateness is the exporter's histogram: the round's delay past its tick plus every wait of the round for a slot before the probe. CPU = (utime+stime) of /proc/PID/stat over the window / wall time, the ${I_EVERY}s scrapes included; VmRSS at the end of the window, peak VmHWM $I_HWM kB."
+fi # i
 
 # ---------------------------------------------------------------------------------------------
 # 2j. service = "auto" on open ports vs connect-only, same ports, same run.
+if want j; then
 log "(j) service = \"auto\" vs connect-only on $J_PORTS open ports ($J_LO-$J_HI, banner $J_BANNER), $J_RUNS run(s) each"
 CMDS+=("ip netns exec $NS python3 $TMP/bench.py listen-banner $TMP/accepts-j 127.0.0.1 $J_LO $J_HI $J_BANNER")
 ip netns exec "$NS" python3 "$TMP/bench.py" listen-banner "$TMP/accepts-j" 127.0.0.1 "$J_LO" "$J_HI" "$J_BANNER" >"$TMP/listener-j.log" 2>&1 </dev/null &
@@ -1363,6 +1563,97 @@ row "j. service = \"auto\" on $J_PORTS open ports (SSH banner) vs connect-only, 
 row "j. CPU of that first round (CPU-s at ready): auto vs connect-only" "$J_AC" "$J_CC (ours, connect-only)" "$J_CRATIO" "-" "n/a"
 row "j. every port open and identified as ssh, the listener kept up" "$J_SSH / $J_PORTS ssh" "$J_PORTS open" "" "all $J_PORTS, accepts >= ports, 0 overflows" "$J_RES"
 note "j. A python3 listener on 127.0.0.1:$J_LO-$J_HI (one socket per port) sends \`$J_BANNER\\r\\n\` on accept and closes, so the identification is the shortest one there is: a server that speaks first, read at once. Ours: one target of the $J_PORTS ports as a range, interval 1h, timeout 1s, retries 0, --help's defaults (--probe.concurrency $DEF_CONC, --probe.rate $DEF_RATE); once with no service (connect only: no bytes sent or read) and once with service = \"auto\", a fresh process each, alternating, $J_RUNS time(s) each; figures are medians. Round time: from starting the process to the first 200 of /-/ready (the first round; includes the process start, a few ms), probes/s = ports / that time; connect-only times ${J_CONN_T[*]} s, auto ${J_AUTO_T[*]} s. CPU: utime+stime of /proc/PID/stat at ready, connect-only ${J_CONN_C[*]} s, auto ${J_AUTO_C[*]} s. Kept up: per run the listener's accepts (>= ports), the namespace's TcpExtListenOverflows+ListenDrops (0), port_target_ports{state=\"open\"} = ports, and for auto port_service_info{service=\"ssh\"} = ports; listener CPU-s per run: ${J_LCPU[*]}. No goal in the issue beyond \"identification must not slow the connect-only path\": rows b-d (no service set) are that guard; this row shows the cost of the exchange when it is asked for.$([ ${#J_BAD[@]} = 0 ] || echo " PROBLEMS: ${J_BAD[*]}.")"
+fi # j
+
+# ---------------------------------------------------------------------------------------------
+# 2k. UDP: K_PORTS ports on one host, ours vs nmap -sU, same ports, same states.
+if want k; then
+log "(k) UDP: $K_ADDR ports $K_LO-$K_HI ($K_OPEN_N answered, $K_DROP_N dropped, $K_REJECT_N rejected, the rest closed), default timing, vs nmap -sU -T4"
+# Spread over the range: open every K_PORTS/K_OPEN_N ports from +7, dropped every
+# K_PORTS/K_DROP_N from +3, rejected as many, half a step after the dropped ones.
+K_DSTEP=$((K_PORTS / K_DROP_N))
+mapfile -t K_OPEN < <(seq $((K_LO + 7)) $((K_PORTS / K_OPEN_N)) "$K_HI" | head -n "$K_OPEN_N")
+mapfile -t K_DROP < <(seq $((K_LO + 3)) "$K_DSTEP" "$K_HI" | head -n "$K_DROP_N")
+mapfile -t K_REJECT < <(seq $((K_LO + 3 + K_DSTEP / 2)) $((K_PORTS / K_REJECT_N)) "$K_HI" | head -n "$K_REJECT_N")
+K_DUP=$(printf '%s\n' "${K_OPEN[@]}" "${K_DROP[@]}" "${K_REJECT[@]}" | sort | uniq -d | head -3 | xargs)
+[ -z "$K_DUP" ] || die "(k) port sets overlap: $K_DUP"
+if [ ${#K_OPEN[@]} != "$K_OPEN_N" ] || [ ${#K_DROP[@]} != "$K_DROP_N" ] || [ ${#K_REJECT[@]} != "$K_REJECT_N" ]; then
+    die "(k) the port sets do not fit $K_LO-$K_HI"
+fi
+K_CLOSED_N=$((K_PORTS - K_OPEN_N - K_DROP_N - K_REJECT_N))
+K_OPEN_CSV=$(IFS=,; echo "${K_OPEN[*]}")
+K_DROP_CSV=$(IFS=,; echo "${K_DROP[*]}")
+K_REJECT_CSV=$(IFS=,; echo "${K_REJECT[*]}")
+cmd nsx ip addr add "$K_ADDR/32" dev lo
+spawn K_SERVER "$TMP/udp-answer.log" python3 "$TMP/bench.py" udp-answer "$TMP/answers-k" "$K_ADDR" "${K_OPEN[@]}"
+for _ in $(seq 50); do [ -s "$TMP/answers-k" ] && break; sleep 0.1; done
+[ -s "$TMP/answers-k" ] || die "the UDP responder of k did not start: $(cat "$TMP/udp-answer.log")"
+# Every rule of the row matches -d $K_ADDR -p udp; multiport takes 15 ports a rule.
+cmd nsx iptables -N "$K_CHAIN"
+cmd nsx iptables -A INPUT -d "$K_ADDR" -p udp -j "$K_CHAIN"
+k_rules() { # k_rules ACTION PORTS...: the chain's rules for those ports, 15 a rule
+    local action=$1 chunk
+    shift
+    while read -r chunk; do
+        # shellcheck disable=SC2086 # ACTION is several words on purpose
+        nsx iptables -A "$K_CHAIN" -d "$K_ADDR" -p udp -m multiport --dports "$chunk" -j $action
+    done < <(printf '%s\n' "$@" | xargs -n 15 | tr ' ' ,)
+}
+k_rules DROP "${K_DROP[@]}"
+k_rules "REJECT --reject-with icmp-admin-prohibited" "${K_REJECT[@]}"
+CMDS+=("ip netns exec $NS iptables -A $K_CHAIN -d $K_ADDR -p udp -m multiport --dports P1,...,P15 -j DROP   # the $K_DROP_N dropped ports, 15 a rule: $K_DROP_CSV")
+CMDS+=("ip netns exec $NS iptables -A $K_CHAIN -d $K_ADDR -p udp -m multiport --dports P1,...,P15 -j REJECT --reject-with icmp-admin-prohibited   # the $K_REJECT_N rejected ports: $K_REJECT_CSV")
+{
+    echo '# The default timing: no timeout or retries.'
+    echo '[defaults]'
+    echo 'interval = "1h"'
+    echo
+    echo '[[targets]]'
+    echo 'name = "udp"'
+    echo "host = \"$K_ADDR\""
+    echo 'protocol = "udp"'
+    echo '# Listed one by one: every port has its series (a range port has them only while open).'
+    echo "ports = [$(seq -s ', ' "$K_LO" "$K_HI")]"
+} >"$TMP/udp.toml"
+CMDS+=("# udp.toml: interval 1h, one target $K_ADDR, protocol = \"udp\", ports = [$K_LO, ..., $K_HI] listed one by one; no timeout or retries")
+CMDS+=("(timed from start to /-/ready 200) ip netns exec $NS $BIN --config.file udp.toml --web.listen-address $OURS_ADDR")
+K_ICMP=(OutDestUnreachs OutRateLimitGlobal OutRateLimitHost)
+read -r K_U0 K_G0 K_H0 <<<"$(nsx python3 "$TMP/bench.py" icmp "${K_ICMP[@]}")"
+K_A0=$(cat "$TMP/answers-k")
+launch_timed udp "$TMP/udp.toml" "$K_LIMIT"
+K_TIME=$L_TIME K_CPU=$L_CPU
+fetch "http://$OURS_ADDR/metrics" >"$TMP/udp.metrics" || die "(k) /metrics"
+stop_timed
+sleep 0.3 # the responder's count is written every 0.2 s
+read -r K_U1 K_G1 K_H1 <<<"$(nsx python3 "$TMP/bench.py" icmp "${K_ICMP[@]}")"
+K_A1=$(cat "$TMP/answers-k")
+log "  ours: ready after $K_TIME s ($K_CPU CPU-s)"
+CMDS+=("ip netns exec $NS nmap -sU -T4 -Pn -n -p$K_LO-$K_HI $K_ADDR -oX nmap-udp.xml   # timed with bash's time")
+read -r K_NMAP K_NMAP_USER K_NMAP_SYS < <({ TIMEFORMAT='%R %U %S'; time nsx timeout "$K_LIMIT" nmap -sU -T4 -Pn -n -p"$K_LO-$K_HI" "$K_ADDR" -oX "$TMP/nmap-udp.xml" >/dev/null; } 2>&1) \
+    || die "(k) nmap"
+[ -s "$TMP/nmap-udp.xml" ] || die "(k) nmap wrote no XML"
+sleep 0.3
+read -r K_U2 K_G2 K_H2 <<<"$(nsx python3 "$TMP/bench.py" icmp "${K_ICMP[@]}")"
+K_A2=$(cat "$TMP/answers-k")
+py udp_compare "$TMP/udp.metrics" "$TMP/nmap-udp.xml" udp "$K_LO" "$K_HI" "$K_OPEN_CSV" "$K_DROP_CSV" "$K_REJECT_CSV" \
+    >"$TMP/udp-compare.txt" || die "(k) comparing the states"
+read -r K_DIFF K_OURS_WRONG K_NMAP_WRONG K_OURS_NONE K_NMAP_NONE <"$TMP/udp-compare.txt"
+K_OURS_COUNTS=$(sed -n 2p "$TMP/udp-compare.txt")
+K_NMAP_COUNTS=$(sed -n 3p "$TMP/udp-compare.txt")
+K_DIFF_PORTS=$(sed -n 4p "$TMP/udp-compare.txt")
+K_WRONG_PORTS=$(sed -n 5p "$TMP/udp-compare.txt")
+log "  nmap: $K_NMAP s; ports differing: $K_DIFF (ours unlike the setup: $K_OURS_WRONG, nmap's: $K_NMAP_WRONG)"
+stop "$K_SERVER"
+nsx iptables -D INPUT -d "$K_ADDR" -p udp -j "$K_CHAIN"
+nsx iptables -F "$K_CHAIN"
+nsx iptables -X "$K_CHAIN"
+nsx ip addr del "$K_ADDR/32" dev lo
+k_delta() { if [[ "$1$2" =~ ^[0-9]+$ ]]; then echo $(($2 - $1)); else echo n/a; fi; }
+K_RATIO=$(calc "$K_TIME / $K_NMAP" .2f)
+row "k. UDP host $K_ADDR, $K_PORTS ports ($K_OPEN_N open, $K_DROP_N dropped, $K_REJECT_N rejected admin-prohibited, $K_CLOSED_N closed), default timing, one round: start to ready (s)" "$K_TIME" "$K_NMAP (nmap -sU -T4)" "${K_RATIO}x" "- (none in the issue)" "n/a"
+row "k. UDP: ports whose state differs from nmap -sU's" "$K_DIFF of $K_PORTS ($K_OURS_COUNTS)" "$K_NMAP_COUNTS" "" "0" "$(judge "$K_DIFF" '==' 0)"
+note "k. $K_ADDR on lo; ports $K_LO-$K_HI: $K_OPEN_N answered by a python3 UDP responder bound to $K_ADDR (any datagram, the empty one included, gets a reply: open) at ${K_OPEN[*]}; $K_DROP_N dropped (iptables DROP: open|filtered) at every ${K_DSTEP}th port from $((K_LO + 3)); $K_REJECT_N rejected (REJECT --reject-with icmp-admin-prohibited: filtered) half a step after those; the other $K_CLOSED_N bound by nothing (ICMP port unreachable: closed). The rules sit in chain $K_CHAIN, jumped to for -d $K_ADDR -p udp, and are removed after the row with the address. On the namespace's lo the kernel does not rate-limit ICMP errors (loopback is exempt from net.ipv4.icmp_ratelimit and icmp_msgs_per_sec), so every closed and rejected port answers at once, every time, which a remote host's kernel would not (one error a second, a burst of 50, by default): this row is the best case for both tools, and it prices the silent ports' retries; errors the kernel withheld during our round $(k_delta "$K_G0" "$K_G1") (OutRateLimitGlobal) + $(k_delta "$K_H0" "$K_H1") (OutRateLimitHost), during nmap's $(k_delta "$K_G1" "$K_G2") + $(k_delta "$K_H1" "$K_H2"); ICMP unreachables sent during ours $(k_delta "$K_U0" "$K_U1"), during nmap's $(k_delta "$K_U1" "$K_U2"). Ours: one target, protocol = \"udp\", the $K_PORTS ports listed (every one has its series), interval 1h (one round), the default timing (--help's defaults, --probe.concurrency $DEF_CONC, --probe.rate $DEF_RATE); time from starting the process to the first 200 of /-/ready (the first round, as in g), $K_CPU CPU-s at ready; datagrams the responder answered during it: $((K_A1 - K_A0)). nmap: \`nmap -sU -T4 -Pn -n -p$K_LO-$K_HI $K_ADDR\`, wall time of one run, CPU (user+sys) $(calc "$K_NMAP_USER + $K_NMAP_SYS" .2f) s, its own elapsed $(py nmap_elapsed "$TMP/nmap-udp.xml") s; datagrams answered: $((K_A2 - K_A1)). States: ours from port_state{target=\"udp\",protocol=\"udp\",...} = 1 on /metrics after the round, nmap's from its XML (listed ports, and folded ones from <extrareasons ports>), nmap's open|filtered read as our open|filtered and its filtered as our filtered; $K_DIFF ports differ$([ "$K_DIFF" = 0 ] || echo " ($K_DIFF_PORTS)"); unlike the setup: ours $K_OURS_WRONG, nmap's $K_NMAP_WRONG$([ "$K_OURS_WRONG$K_NMAP_WRONG" = 00 ] || echo " ($K_WRONG_PORTS)"); without a state: ours $K_OURS_NONE, nmap's $K_NMAP_NONE. No goal for the time: the issue asks for the comparison and sets no number; the states must agree."
+fi # k
 
 # ---------------------------------------------------------------------------------------------
 # 3. The report.
@@ -1371,6 +1662,12 @@ report() {
     echo "## port_exporter benchmark ($MODE mode), $(date -u '+%Y-%m-%d %H:%M UTC')"
     echo
     echo "Machine: $(nproc) cores, kernel $(uname -r), CPU $(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo), memory $(awk '/^MemTotal/ { printf "%.1f GiB", $2 / 1048576 }' /proc/meminfo); load average $LOAD_START at the start, $LOAD_END at the end (a shared machine: figures may be noisy). Run took $(($(date +%s) - T_START)) s."
+    echo
+    if [ ${#SKIPPED[@]} = 0 ]; then
+        echo "Rows run: all (${RAN[*]})."
+    else
+        echo "Rows run: ${RAN[*]} (--rows $ROWS_ARG$([ -z "$IMPLIED_TXT" ] || echo "; implied: $IMPLIED_TXT")); not run, so not in the table: ${SKIPPED[*]}."
+    fi
     echo
     echo "Versions: ours \`$("$BIN" --version)\` (--probe.concurrency default $DEF_CONC, --probe.rate default $DEF_RATE); blackbox \`$(prometheus-blackbox-exporter --version 2>&1 | head -1)\`; \`$(nmap --version | head -1)\`; \`$(wrk -v 2>&1 | head -1 | cut -d' ' -f1-2)\`."
     echo
