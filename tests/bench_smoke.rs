@@ -17,7 +17,7 @@ use common::{have, skip};
 const LIMIT: Duration = Duration::from_secs(150);
 
 /// The figures the table must have a row for (the row's first cell starts with the letter).
-const FIGURES: [(&str, &str); 10] = [
+const FIGURES: [(&str, &str); 11] = [
     (
         "a. /probe throughput",
         "/probe throughput, ours vs blackbox_exporter",
@@ -40,6 +40,7 @@ const FIGURES: [(&str, &str); 10] = [
         "j. service = \"auto\"",
         "service = \"auto\" vs connect-only on open ports",
     ),
+    ("k. UDP", "UDP ports vs nmap -sU"),
 ];
 
 #[test]

@@ -36,7 +36,10 @@
 //! So a closed port's silence may be a withheld error, not a firewall. The model:
 //! - every reply and every ICMP error is an answer: a round-trip sample of its address
 //!   ([`Timings`], shared with whatever else probes through it), and evidence that the address
-//!   answers, which earns a silent port all of `max_retries` ([`Timings::tries_rate_limited`]);
+//!   answers, which earns a silent port all of `max_retries` ([`Timings::tries_rate_limited`])
+//!   until the address has shown that it does not withhold: [`UNLIMITED_AFTER`] answers, all
+//!   to first attempts (more than a Linux host's buckets let out at once), after which its
+//!   silent ports get TCP's drop-rate retries, and the first answer to a retry undoes that;
 //! - each retry waits twice as long as the one before ([`Timings::plan_backing_off`]: from the
 //!   learned timeout, e.g. 100, 200, 400, 800, 1600 ms), so that some try lands after the
 //!   bucket got its next token, where quick retries would all meet the same empty bucket;
@@ -62,6 +65,8 @@ use tokio::net::UdpSocket;
 use super::attempt::{Answers, Run, Waiting, bind_source, finished, listen};
 use super::classify::{classify_datagram, classify_local};
 use super::timing::Timings;
+#[cfg(doc)]
+use super::timing::UNLIMITED_AFTER;
 use super::{Outcome, Probe, ServiceFinding};
 use crate::config::ServiceCheck;
 use crate::domain::{Attempts, Reason, Service, State, TlsMode};
