@@ -284,7 +284,10 @@ fn scraper(addr: SocketAddr, until: Instant) -> Scraped {
 }
 
 /// The soak's smoke run: `scripts/soak.sh` with this build's binary, a full 1-65535 range every
-/// 5 s for 20 s in a namespace of its own; RSS must not grow 5 % after a 10 s warm-up. (The real
+/// 5 s for 20 s in a namespace of its own; RSS's peak must not grow 15 % after a 10 s warm-up.
+/// 15, not the real soak's 5: this short run of a debug build sees the allocator step RSS by up
+/// to 2 MiB (5.76 % of 35 MiB, 1 run in 9 here) with no trend, while the leak it is for (200
+/// bytes a probe, `std::mem::forget` in the probe task) measured 42.9 %. (The real
 /// soak, a million probes and more, is documented in docs/RELIABILITY.md.)
 #[test]
 fn soak_smoke_full_range_every_5_s_keeps_rss_flat() {
@@ -309,6 +312,8 @@ fn soak_smoke_full_range_every_5_s_keeps_rss_flat() {
             "10",
             "--min-probes",
             "100000",
+            "--max-growth",
+            "15",
         ])
         .stdin(std::process::Stdio::null())
         .output()
