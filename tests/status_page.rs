@@ -145,6 +145,9 @@ fn status_page_in_headless_chromium() {
         open_port.saturating_sub(5).max(1),
         open_port.saturating_add(5),
     );
+    // UDP: a bound socket that never answers (open|filtered) and the closed port's number.
+    let silent_udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let silent_port = silent_udp.local_addr().unwrap().port();
     let exporter = start_exporter(&format!(
         r#"
         [[targets]]
@@ -164,6 +167,13 @@ fn status_page_in_headless_chromium() {
         name = "scan"
         host = "127.0.0.1"
         ports = ["{lo}-{hi}"]
+        expect = "not_open"
+
+        [[targets]]
+        name = "udp"
+        host = "127.0.0.1"
+        protocol = "udp"
+        ports = [{silent_port}, {closed_port}]
         expect = "not_open"
         "#
     ));
@@ -241,6 +251,26 @@ fn status_page_in_headless_chromium() {
     // The inline script ran in the browser.
     assert!(dom.contains("(next in "), "the countdown script ran");
 
+    // The UDP target: its protocol, UDP's silence as its own state, and its filter link.
+    let silent = row(&dom, "udp", silent_port).expect("the silent UDP port is listed");
+    assert!(
+        silent.starts_with("<tr class=\"port open-filtered\""),
+        "{silent}"
+    );
+    assert!(silent.contains("data-protocol=\"udp\""), "{silent}");
+    assert!(silent.contains("<span class=\"badge open-filtered\">open|filtered</span>"));
+    let closed_udp = row(&dom, "udp", closed_port).expect("the closed UDP port is listed");
+    assert!(closed_udp.contains("port-unreach"), "{closed_udp}");
+    assert!(dom.contains("<span class=\"chip protocol\">udp</span>"));
+    assert!(dom.contains("data-filtered=\"0\" data-open-filtered=\"1\" data-error=\"0\""));
+    assert!(link(&dom, "filter-open-filtered").contains("href=\"?state=open%7Cfiltered\""));
+    let dom = dump_dom(exporter.addr, "/?state=open%7Cfiltered");
+    assert!(
+        row(&dom, "udp", silent_port).is_some(),
+        "the silent UDP row kept"
+    );
+    assert!(row(&dom, "udp", closed_port).is_none() && row(&dom, "web", open_port).is_none());
+
     // Server-side filtering: the closed row is gone, the open ones stay.
     let dom = dump_dom(exporter.addr, "/?state=open");
     assert!(row(&dom, "web", open_port).is_some(), "open row kept");
@@ -285,7 +315,7 @@ fn status_page_in_headless_chromium() {
     );
     println!("screenshot: {}", png.display());
 
-    drop(open);
+    drop((open, silent_udp));
     exporter.stop();
 }
 
