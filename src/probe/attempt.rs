@@ -121,13 +121,12 @@ where
         Timing::Fixed => settings.timeout,
     };
     let current_answer = answer(current);
-    let earlier_answer = async {
-        match earlier {
-            Some(earlier) => (answer(earlier).await, earlier),
-            None => pending().await,
-        }
-    };
-    tokio::pin!(current_answer, earlier_answer);
+    tokio::pin!(current_answer);
+    // Boxed, and only when there is one: inline, the earlier answer's wait sized every probe's
+    // future (256 bytes of 1,672), overlap or not; most waits have none.
+    let answer = &answer;
+    let mut earlier_answer =
+        earlier.map(|earlier| Box::pin(async move { (answer(earlier).await, earlier) }));
     loop {
         let deadline = (current.started + plan.timeout).min(end);
         let wake = if plan.learned {
@@ -140,7 +139,12 @@ where
             answer = &mut current_answer => {
                 return Some(Heard { answer, started: current.started, number: current.number });
             }
-            (answer, earlier) = &mut earlier_answer => {
+            Some((answer, earlier)) = async {
+                match earlier_answer.as_mut() {
+                    Some(waiting) => Some(waiting.await),
+                    None => pending().await,
+                }
+            } => {
                 return Some(Heard { answer, started: earlier.started, number: earlier.number });
             }
             () = tokio::time::sleep_until(wake) => {
