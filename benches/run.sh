@@ -413,6 +413,41 @@ def total(text, name, **want):
     return sum(v for n, l, v in samples(text) if n == name and all(l.get(k) == w for k, w in want.items()))
 
 
+def serve(status, sel, take, answer, errors_too=False):
+    """Until SIGTERM: for each socket of `sel` that is ready, takes what waits on it (`take(s)`,
+    until BlockingIOError; an OSError skips one) and answers it (`answer(s, got)`, False for an
+    error), counting them; writes the count (and the errors, `errors_too`) to `status` every
+    0.2 s and at the end. The loop of listen, listen_banner and udp_answer."""
+    stop = []
+    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
+    count, errors, last = 0, 0, 0.0
+
+    def write():
+        with open(status + '.tmp', 'w') as f:
+            f.write(f'{count} {errors}' if errors_too else str(count))
+        os.replace(status + '.tmp', status)
+
+    write()
+    while not stop:
+        for key, _ in sel.select(0.2):
+            s = key.fileobj
+            while True:
+                try:
+                    got = take(s)
+                except BlockingIOError:
+                    break
+                except OSError:
+                    continue
+                if not answer(s, got):
+                    errors += 1
+                count += 1
+        now = time.monotonic()
+        if now - last >= 0.2:
+            write()
+            last = now
+    write()
+
+
 def listen(status, *ports):
     """Accepts and closes connections on every port (PORT: every address; ADDR:PORT: that one)
     as fast as it can; counts them."""
@@ -425,33 +460,7 @@ def listen(status, *ports):
         s.listen(65535)  # capped by net.core.somaxconn
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    count, last = 0, 0.0
-
-    def write():
-        with open(status + '.tmp', 'w') as f:
-            f.write(str(count))
-        os.replace(status + '.tmp', status)
-
-    write()
-    while not stop:
-        for key, _ in sel.select(0.2):
-            s = key.fileobj
-            while True:
-                try:
-                    c, _ = s.accept()
-                except BlockingIOError:
-                    break
-                except OSError:
-                    continue
-                c.close()
-                count += 1
-        now = time.monotonic()
-        if now - last >= 0.2:
-            write()
-            last = now
-    write()
+    serve(status, sel, lambda s: s.accept()[0], lambda s, c: c.close() or True)
 
 
 def listen_banner(status, addr, lo, hi, banner):
@@ -471,37 +480,17 @@ def listen_banner(status, addr, lo, hi, banner):
         s.listen(4096)
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    count, errors, last = 0, 0, 0.0
 
-    def write():
-        with open(status + '.tmp', 'w') as f:
-            f.write(f'{count} {errors}')
-        os.replace(status + '.tmp', status)
+    def greet(_, c):
+        try:
+            c.send(data)  # a fresh socket's buffer takes it at once
+            return True
+        except OSError:
+            return False
+        finally:
+            c.close()
 
-    write()
-    while not stop:
-        for key, _ in sel.select(0.2):
-            s = key.fileobj
-            while True:
-                try:
-                    c, _ = s.accept()
-                except BlockingIOError:
-                    break
-                except OSError:
-                    continue
-                try:
-                    c.send(data)  # a fresh socket's buffer takes it at once
-                except OSError:
-                    errors += 1
-                c.close()
-                count += 1
-        now = time.monotonic()
-        if now - last >= 0.2:
-            write()
-            last = now
-    write()
+    serve(status, sel, lambda s: s.accept()[0], greet, errors_too=True)
 
 
 def launch_ready(result, log, url_base, limit, *cmd):
@@ -844,36 +833,15 @@ def udp_answer(status, addr, *ports):
         s.bind((addr, int(port)))
         s.setblocking(False)
         sel.register(s, selectors.EVENT_READ)
-    stop = []
-    signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
-    count, last = 0, 0.0
 
-    def write():
-        with open(status + '.tmp', 'w') as f:
-            f.write(str(count))
-        os.replace(status + '.tmp', status)
+    def reply(s, peer):
+        try:
+            s.sendto(b'port_exporter bench\n', peer)
+        except OSError:
+            pass
+        return True
 
-    write()
-    while not stop:
-        for key, _ in sel.select(0.2):
-            s = key.fileobj
-            while True:
-                try:
-                    _, peer = s.recvfrom(65535)
-                except BlockingIOError:
-                    break
-                except OSError:
-                    continue
-                try:
-                    s.sendto(b'port_exporter bench\n', peer)
-                except OSError:
-                    pass
-                count += 1
-        now = time.monotonic()
-        if now - last >= 0.2:
-            write()
-            last = now
-    write()
+    serve(status, sel, lambda s: s.recvfrom(65535)[1], reply)
 
 
 def nmap_every_port(path, lo, hi):
